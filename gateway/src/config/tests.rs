@@ -1,0 +1,161 @@
+use super::*;
+
+fn no_env(_: &str) -> Option<String> {
+    None
+}
+
+fn errors(src: &str) -> ConfigErrors {
+    match Config::parse(src, Path::new("/etc/fieldgate/fieldgate.toml"), &no_env) {
+        Ok(c) => panic!("expected errors, got {c:?}"),
+        Err(e) => e,
+    }
+}
+
+/// (line, column, text) of each problem.
+fn located(src: &str) -> Vec<(usize, usize, String)> {
+    errors(src)
+        .problems
+        .into_iter()
+        .map(|p| {
+            let l = p.location.expect("every problem here has a location");
+            let text = if p.path.is_empty() { p.message } else { format!("{}: {}", p.path, p.message) };
+            (l.line, l.column, text)
+        })
+        .collect()
+}
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let c = Config::parse(
+        "[gateway]\nid = \"farm-north\"\n",
+        Path::new("/etc/fieldgate/fieldgate.toml"),
+        &no_env,
+    )
+    .unwrap();
+    assert_eq!(c.gateway.id, "farm-north");
+    assert_eq!(c.gateway.data_dir, Path::new("/etc/fieldgate/data"), "relative to the config file");
+    assert_eq!(c.gateway.shutdown_timeout, Duration::from_secs(15));
+    assert_eq!(c.http.listen, "127.0.0.1:9464".parse().unwrap());
+}
+
+#[test]
+fn unknown_key_names_line_column_and_suggests() {
+    let src = "[gateway]\nid = \"farm\"\ndata_dri = \"/var/lib/fieldgate\"\n";
+    assert_eq!(
+        located(src),
+        vec![(3, 1, "unknown key `data_dri` in gateway (did you mean `data_dir`?)".to_owned())]
+    );
+}
+
+#[test]
+fn unknown_section_and_unrelated_keys() {
+    let src = "[gatway]\nid = \"farm\"\n";
+    let problems = located(src);
+    assert_eq!(
+        problems[0],
+        (1, 2, "unknown key `gatway` at the top level (did you mean `gateway`?)".to_owned())
+    );
+
+    let src = "[gateway]\nid = \"farm\"\ncolour = \"green\"\n";
+    let (_, _, text) = &located(src)[0];
+    assert!(text.contains("valid keys here: `id`, `data_dir`, `shutdown_timeout`"), "{text}");
+}
+
+#[test]
+fn wrong_type_names_the_key() {
+    let src = "[gateway]\nid = \"farm\"\n\n[http]\nlisten = 9464\n";
+    assert_eq!(
+        located(src),
+        vec![(5, 10, "http.listen: invalid type: integer `9464`, expected a string".to_owned())]
+    );
+}
+
+#[test]
+fn bad_duration_says_how_to_write_one() {
+    let src = "[gateway]\nid = \"farm\"\nshutdown_timeout = \"ten seconds\"\n";
+    let problems = located(src);
+    assert_eq!(problems.len(), 1);
+    let (line, col, text) = &problems[0];
+    assert_eq!((*line, *col), (3, 20));
+    assert!(text.starts_with("gateway.shutdown_timeout: `ten seconds` is not a duration"), "{text}");
+    assert!(text.contains("write it like \"500ms\""), "{text}");
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let src = r#"
+[gateway]
+id = "farm north"
+data_dri = "x"
+shutdown_timeout = "1ms"
+
+[http]
+listen = "localhost"
+lisen = "127.0.0.1:1"
+"#;
+    let problems = located(src);
+    let texts: Vec<&str> = problems.iter().map(|(_, _, t)| t.as_str()).collect();
+    assert_eq!(problems.len(), 5, "{texts:#?}");
+    // Top to bottom, whether serde or the semantic checks found them.
+    let lines: Vec<usize> = problems.iter().map(|p| p.0).collect();
+    assert_eq!(lines, vec![3, 4, 5, 8, 9], "{texts:#?}");
+    assert!(
+        texts[0].starts_with("gateway.id: gateway id `farm north` has the character ' '"),
+        "{}",
+        texts[0]
+    );
+    assert!(texts[1].contains("unknown key `data_dri` in gateway (did you mean `data_dir`?)"));
+    assert!(texts[2].starts_with("gateway.shutdown_timeout: must be at least 1s, got 1ms"), "{}", texts[2]);
+    assert!(texts[3].starts_with("http.listen: `localhost` is not an address"), "{}", texts[3]);
+    assert!(texts[4].contains("unknown key `lisen` in http (did you mean `listen`?)"));
+}
+
+#[test]
+fn unknown_keys_inside_inline_tables_are_found_too() {
+    let src = "gateway = { id = \"farm\", shutdown_timeot = \"5s\", data_dri = \"d\" }\n";
+    let problems = located(src);
+    assert_eq!(problems.len(), 2, "{problems:#?}");
+    assert_eq!(
+        problems[0],
+        (1, 26, "unknown key `shutdown_timeot` in gateway (did you mean `shutdown_timeout`?)".to_owned())
+    );
+    assert_eq!(
+        problems[1],
+        (1, 50, "unknown key `data_dri` in gateway (did you mean `data_dir`?)".to_owned())
+    );
+}
+
+#[test]
+fn missing_required_key_is_reported() {
+    let problems = located("[gateway]\ndata_dir = \"/d\"\n");
+    assert_eq!(problems, vec![(1, 1, "gateway: required key `id` is missing".to_owned())]);
+    let problems = errors("").problems;
+    assert_eq!(problems.len(), 1);
+    assert_eq!(problems[0].message, "required key `gateway` is missing");
+}
+
+#[test]
+fn syntax_errors_are_located() {
+    let problems = located("[gateway]\nid = \"farm\nx = 1\n");
+    assert_eq!(problems.len(), 1);
+    assert_eq!(problems[0].0, 2);
+    assert!(problems[0].2.starts_with("not valid TOML"), "{}", problems[0].2);
+}
+
+#[test]
+fn the_report_reads_like_a_compiler_error() {
+    let err = errors("[gateway]\nid = \"farm\"\ndata_dri = \"x\"\nshutdown_timeout = \"0s\"\n");
+    assert_eq!(
+        err.to_string(),
+        "/etc/fieldgate/fieldgate.toml has 2 problems\n  \
+         --> /etc/fieldgate/fieldgate.toml:3:1  unknown key `data_dri` in gateway (did you mean `data_dir`?)\n  \
+         --> /etc/fieldgate/fieldgate.toml:4:20  gateway.shutdown_timeout: must be at least 1s, got 0s"
+    );
+}
+
+#[test]
+fn the_example_config_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/fieldgate.toml");
+    let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.gateway.id, "example-farm");
+}

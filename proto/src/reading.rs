@@ -1,0 +1,71 @@
+//! [`Reading`]: one value of one metric of one device at one instant.
+
+use crate::{DeviceId, Metric, Timestamp};
+use std::fmt;
+
+/// How much a value can be trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Quality {
+    /// Read from the device without any sign of trouble.
+    #[default]
+    Good,
+    /// Read, but flagged as doubtful by the device or the path.
+    Uncertain,
+    /// Not a usable value: the device answered with an error.
+    Bad,
+}
+
+/// The protocol a reading came in by and a command goes out by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    Mqtt,
+    Modbus,
+    Lorawan,
+}
+
+impl Source {
+    /// Every source, in a stable order (for metrics labels and reports).
+    pub const ALL: [Source; 3] = [Source::Mqtt, Source::Modbus, Source::Lorawan];
+
+    /// The lowercase name used in config, metrics labels and Parquet.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Source::Mqtt => "mqtt",
+            Source::Modbus => "modbus",
+            Source::Lorawan => "lorawan",
+        }
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Quality {
+    /// The lowercase name used in Parquet recordings and output.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Quality::Good => "good",
+            Quality::Uncertain => "uncertain",
+            Quality::Bad => "bad",
+        }
+    }
+}
+
+/// One value of one metric of one device at one instant, as an adapter hands it over.
+///
+/// A reading is identified by `(device, metric, ts)`: a redelivered message with the same
+/// timestamp is the same reading.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reading {
+    pub device: DeviceId,
+    pub metric: Metric,
+    pub ts: Timestamp,
+    pub value: f64,
+    pub quality: Quality,
+    pub source: Source,
+}

@@ -1,0 +1,202 @@
+//! [`Timestamp`]: an instant as i64 nanoseconds since the Unix epoch, UTC.
+//!
+//! i64 nanoseconds span the years 1677 to 2262, match Parquet's `TIMESTAMP(NANOS, UTC)` and
+//! arrow's `Timestamp(Nanosecond, "UTC")` without conversion, and order and subtract cheaply.
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+const NANOS_PER_SEC: i64 = 1_000_000_000;
+
+/// An instant in UTC, as nanoseconds since the Unix epoch.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Timestamp(i64);
+
+/// A time that cannot be represented as a [`Timestamp`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TimeError {
+    #[error("time is outside the range of i64 nanoseconds since the epoch (years 1677 to 2262)")]
+    OutOfRange,
+    #[error("`{input}` is not an RFC 3339 UTC time (like 2026-11-24T08:30:00Z): {reason}")]
+    Rfc3339 { input: String, reason: String },
+}
+
+impl Timestamp {
+    /// The Unix epoch, 1970-01-01T00:00:00Z.
+    pub const EPOCH: Timestamp = Timestamp(0);
+    /// The latest representable instant.
+    pub const MAX: Timestamp = Timestamp(i64::MAX);
+    /// The earliest representable instant.
+    pub const MIN: Timestamp = Timestamp(i64::MIN);
+
+    /// An instant from nanoseconds since the epoch.
+    pub const fn from_nanos(nanos: i64) -> Self {
+        Timestamp(nanos)
+    }
+
+    /// Nanoseconds since the epoch.
+    pub const fn as_nanos(self) -> i64 {
+        self.0
+    }
+
+    /// An instant from whole seconds since the epoch, if representable.
+    pub fn from_secs(secs: i64) -> Result<Self, TimeError> {
+        secs.checked_mul(NANOS_PER_SEC).map(Timestamp).ok_or(TimeError::OutOfRange)
+    }
+
+    /// The current wall-clock time. Read it at the edges (where data enters) only: pure logic
+    /// takes `now` as an argument so it stays testable and replayable.
+    pub fn now() -> Self {
+        // The system clock of a running machine is always inside the representable range.
+        Self::try_from(SystemTime::now()).unwrap_or(Timestamp::MAX)
+    }
+
+    /// `self + d`, or `None` on overflow.
+    pub fn checked_add(self, d: Duration) -> Option<Self> {
+        let d = i64::try_from(d.as_nanos()).ok()?;
+        self.0.checked_add(d).map(Timestamp)
+    }
+
+    /// `self - d`, or `None` on overflow.
+    pub fn checked_sub(self, d: Duration) -> Option<Self> {
+        let d = i64::try_from(d.as_nanos()).ok()?;
+        self.0.checked_sub(d).map(Timestamp)
+    }
+
+    /// `self + d`, clamped to the representable range.
+    pub fn saturating_add(self, d: Duration) -> Self {
+        self.checked_add(d).unwrap_or(Timestamp::MAX)
+    }
+
+    /// `self - d`, clamped to the representable range.
+    pub fn saturating_sub(self, d: Duration) -> Self {
+        self.checked_sub(d).unwrap_or(Timestamp::MIN)
+    }
+
+    /// The time from `earlier` to `self`; zero if `earlier` is later.
+    pub fn duration_since(self, earlier: Timestamp) -> Duration {
+        let nanos = i128::from(self.0) - i128::from(earlier.0);
+        if nanos <= 0 {
+            Duration::ZERO
+        } else {
+            // At most 2^64 ns, which fits in a Duration.
+            let nanos = u128::try_from(nanos).unwrap_or(0);
+            Duration::new((nanos / 1_000_000_000) as u64, (nanos % 1_000_000_000) as u32)
+        }
+    }
+
+    /// The start of the tumbling window of size `window` that contains `self`, with windows
+    /// aligned to the epoch (so a 1-minute window starts on the minute, for negative times too).
+    ///
+    /// # Panics
+    /// If `window` is zero or longer than i64 nanoseconds; config validation rules both out.
+    pub fn floor_to(self, window: Duration) -> Self {
+        let w = i64::try_from(window.as_nanos()).expect("window fits in i64 nanoseconds");
+        assert!(w > 0, "window must be positive");
+        Timestamp(self.0 - self.0.rem_euclid(w))
+    }
+
+    /// Parse an RFC 3339 time in UTC (`Z`), with up to nanosecond precision.
+    pub fn parse_rfc3339(s: &str) -> Result<Self, TimeError> {
+        let t = humantime::parse_rfc3339(s)
+            .map_err(|e| TimeError::Rfc3339 { input: s.to_owned(), reason: e.to_string() })?;
+        Self::try_from(t)
+    }
+
+    /// This instant as a `SystemTime`.
+    pub fn to_system_time(self) -> SystemTime {
+        if self.0 >= 0 {
+            UNIX_EPOCH + Duration::from_nanos(self.0 as u64)
+        } else {
+            UNIX_EPOCH - Duration::from_nanos(self.0.unsigned_abs())
+        }
+    }
+}
+
+impl TryFrom<SystemTime> for Timestamp {
+    type Error = TimeError;
+
+    fn try_from(t: SystemTime) -> Result<Self, TimeError> {
+        let nanos = match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => i64::try_from(d.as_nanos()).map_err(|_| TimeError::OutOfRange)?,
+            Err(before) => {
+                let d = i64::try_from(before.duration().as_nanos()).map_err(|_| TimeError::OutOfRange)?;
+                -d
+            }
+        };
+        Ok(Timestamp(nanos))
+    }
+}
+
+impl fmt::Display for Timestamp {
+    /// RFC 3339 in UTC with nanoseconds, e.g. `2026-11-24T08:30:00.000000000Z`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0 >= 0 {
+            write!(f, "{}", humantime::format_rfc3339_nanos(self.to_system_time()))
+        } else {
+            // humantime formats only times after the epoch; such readings are rare enough
+            // (a device with its clock unset) that the raw number is the honest answer.
+            write!(f, "{}ns", self.0)
+        }
+    }
+}
+
+impl fmt::Debug for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Timestamp({self})")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn floor_to_aligns_windows_to_the_epoch() {
+        let minute = Duration::from_secs(60);
+        let cases = [
+            (0, 0),
+            (59_999_999_999, 0),
+            (60_000_000_000, 60_000_000_000),
+            (-1, -60_000_000_000),
+            (-60_000_000_000, -60_000_000_000),
+        ];
+        for (t, start) in cases {
+            assert_eq!(Timestamp(t).floor_to(minute), Timestamp(start), "t = {t}");
+        }
+    }
+
+    #[test]
+    fn rfc3339_round_trips() {
+        let t = Timestamp::parse_rfc3339("2026-11-24T08:30:00.123456789Z").unwrap();
+        assert_eq!(t.as_nanos(), 1_795_509_000_123_456_789);
+        assert_eq!(t.to_string(), "2026-11-24T08:30:00.123456789Z");
+        assert_eq!(Timestamp::parse_rfc3339(&t.to_string()).unwrap(), t);
+    }
+
+    #[test]
+    fn rfc3339_errors_name_the_input() {
+        let err = Timestamp::parse_rfc3339("yesterday").unwrap_err();
+        assert!(err.to_string().contains("`yesterday`"), "{err}");
+    }
+
+    #[test]
+    fn arithmetic_saturates_instead_of_wrapping() {
+        assert_eq!(Timestamp::MAX.saturating_add(Duration::from_secs(1)), Timestamp::MAX);
+        assert_eq!(Timestamp::MIN.saturating_sub(Duration::from_secs(1)), Timestamp::MIN);
+        assert_eq!(
+            Timestamp(5).duration_since(Timestamp(10)),
+            Duration::ZERO,
+            "a later `earlier` gives zero"
+        );
+        assert_eq!(Timestamp::MAX.duration_since(Timestamp::MIN), Duration::from_nanos(u64::MAX));
+    }
+
+    #[test]
+    fn system_time_round_trips_on_both_sides_of_the_epoch() {
+        for n in [-1_500_000_000_i64, 0, 1, 1_795_509_000_123_456_789] {
+            let t = Timestamp(n);
+            assert_eq!(Timestamp::try_from(t.to_system_time()).unwrap(), t);
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! fieldgate's end-to-end tests: one binary (each test binary links everything, so there is
+//! one), one module per capability.
+#![allow(clippy::unwrap_used)]
+
+mod spine;

@@ -12,12 +12,14 @@
 
 mod command;
 mod id;
+pub mod ingest;
 mod reading;
 mod time;
 pub mod wire;
 
 pub use command::{Action, Command, CommandId, Instruction, Task};
 pub use id::{DeviceId, IdError, MAX_NAME_LEN, Metric};
+pub use ingest::{Ack, Durable, IngestError, ReadingSink, Submission};
 pub use reading::{Quality, Reading, Source};
 pub use time::{TimeError, Timestamp};
 

@@ -103,6 +103,28 @@ impl Timestamp {
         Self::try_from(t)
     }
 
+    /// The UTC calendar date of this instant, as (year, month 1-12, day 1-31).
+    pub fn date(self) -> (i64, u32, u32) {
+        // Howard Hinnant's days-to-civil algorithm, valid for the whole i64-ns range.
+        let days = self.0.div_euclid(NANOS_PER_SEC * 86_400);
+        let z = days + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z.rem_euclid(146_097);
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+        let year = yoe + era * 400 + i64::from(month <= 2);
+        (year, month, day)
+    }
+
+    /// The UTC date as `YYYY-MM-DD`, as used in `date=` partition paths.
+    pub fn date_string(self) -> String {
+        let (y, m, d) = self.date();
+        format!("{y:04}-{m:02}-{d:02}")
+    }
+
     /// This instant as a `SystemTime`.
     pub fn to_system_time(self) -> SystemTime {
         if self.0 >= 0 {
@@ -190,6 +212,21 @@ mod tests {
             "a later `earlier` gives zero"
         );
         assert_eq!(Timestamp::MAX.duration_since(Timestamp::MIN), Duration::from_nanos(u64::MAX));
+    }
+
+    #[test]
+    fn dates_match_the_calendar() {
+        let cases = [
+            ("1970-01-01T00:00:00Z", "1970-01-01"),
+            ("2026-11-24T23:59:59.999999999Z", "2026-11-24"),
+            ("2024-02-29T12:00:00Z", "2024-02-29"),
+            ("2000-03-01T00:00:00Z", "2000-03-01"),
+            ("2262-04-11T00:00:00Z", "2262-04-11"),
+        ];
+        for (t, date) in cases {
+            assert_eq!(Timestamp::parse_rfc3339(t).unwrap().date_string(), date, "{t}");
+        }
+        assert_eq!(Timestamp::from_nanos(-1).date_string(), "1969-12-31");
     }
 
     #[test]

@@ -1,6 +1,34 @@
 //! fieldgate's local store: the promise that what was acknowledged is never lost.
 //!
-//! Batches of readings flow in from the adapters; each batch is appended to a CRC-checked,
-//! fsync'd write-ahead log before it is acknowledged, then folded into per-window rollups
-//! (min, max, mean, sum, first, last, count) that are written as plain Parquet files, readable
-//! by polars, DuckDB or pandas without fieldgate. Closed windows also feed the upstream outbox.
+//! Batches of readings flow in from the adapters through a bounded channel ([`Store::sink`]).
+//! The writer thread appends each group of batches to a CRC-checked write-ahead log ([`wal`]),
+//! fsyncs once, then acknowledges every batch in the group; only then do adapters acknowledge
+//! their protocol. The same thread folds the readings into tumbling windows ([`window`]), a pure
+//! state machine. Closed windows (and, optionally, every raw reading) are written by the
+//! flusher thread as plain Parquet ([`files`], layout in [`layout`]) that polars, DuckDB or
+//! pandas read without fieldgate; each flush ends with a checkpoint ([`checkpoint`]) of the
+//! window state, after which the WAL before it is deleted.
+//!
+//! After a crash, [`Store::open`] loads the last checkpoint, removes files written after it, and
+//! replays the WAL from there. Since every input of the window state machine is in the WAL
+//! (batches with their arrival time, and clock ticks), replay reproduces exactly the windows
+//! that were lost: no acknowledged reading is lost, none is counted twice.
+
+mod checkpoint;
+mod codec;
+mod config;
+pub mod files;
+pub mod layout;
+mod metrics;
+mod retention;
+mod store;
+pub mod wal;
+pub mod window;
+mod writer;
+
+pub use codec::Malformed;
+pub use config::{Retention, StoreConfig};
+pub use metrics::StoreMetrics;
+pub use store::{Recovery, Store, StoreError, StoreStatus};
+pub use wal::WalRecovery;
+pub use window::{Outcome, Rollup};

@@ -1,0 +1,161 @@
+//! Checkpoints: the window state at a WAL sequence number, written after the Parquet files of
+//! the same flush are durable.
+//!
+//! File layout: `magic u32 | crc32 u32 | seq u64 | state...`, the CRC covering seq and state,
+//! written to a temporary name, fsync'd and renamed. The two newest checkpoints are kept and the
+//! WAL is deleted only up to the older one, so a damaged newest checkpoint is reported and the
+//! previous one used, losing nothing: the WAL still holds everything after it.
+
+use crate::layout;
+use crate::wal::sync_dir;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+const MAGIC: u32 = 0x4B43_4746; // "FGCK"
+/// Checkpoints kept on disk.
+pub(crate) const KEEP: usize = 2;
+
+fn path(state_dir: &Path, seq: u64) -> PathBuf {
+    state_dir.join(format!("checkpoint-{seq:020}.ckpt"))
+}
+
+fn list(state_dir: &Path) -> Vec<(u64, PathBuf)> {
+    let mut found: Vec<(u64, PathBuf)> = std::fs::read_dir(state_dir)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let seq = name.strip_prefix("checkpoint-")?.strip_suffix(".ckpt")?.parse().ok()?;
+            Some((seq, e.path()))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+fn checksum(seq: u64, state: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&seq.to_le_bytes());
+    h.update(state);
+    h.finalize()
+}
+
+/// Write the checkpoint for `seq`, then remove all but the newest [`KEEP`]. Returns the
+/// sequence number up to which the WAL may now be deleted (the oldest checkpoint kept).
+pub(crate) fn write(state_dir: &Path, seq: u64, state: &[u8]) -> io::Result<u64> {
+    std::fs::create_dir_all(state_dir)?;
+    let target = path(state_dir, seq);
+    let tmp = target.with_extension("ckpt.tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    let mut header = Vec::with_capacity(16);
+    header.extend_from_slice(&MAGIC.to_le_bytes());
+    header.extend_from_slice(&checksum(seq, state).to_le_bytes());
+    header.extend_from_slice(&seq.to_le_bytes());
+    f.write_all(&header)?;
+    f.write_all(state)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, &target)?;
+    sync_dir(state_dir)?;
+    let all = list(state_dir);
+    let excess = all.len().saturating_sub(KEEP);
+    for (_, old) in &all[..excess] {
+        std::fs::remove_file(old)?;
+    }
+    if excess > 0 {
+        sync_dir(state_dir)?;
+    }
+    Ok(all[excess..].first().map_or(seq, |(s, _)| *s))
+}
+
+/// A checkpoint read back: its sequence number and the window state.
+pub(crate) type Loaded = Option<(u64, Vec<u8>)>;
+
+/// The newest valid checkpoint, if any, and how many newer ones were damaged.
+pub(crate) fn load(state_dir: &Path) -> io::Result<(Loaded, u64)> {
+    let mut damaged = 0;
+    for (seq, p) in list(state_dir).into_iter().rev() {
+        let bytes = std::fs::read(&p)?;
+        let valid = bytes.len() >= 16
+            && bytes[..4] == MAGIC.to_le_bytes()
+            && bytes[8..16] == seq.to_le_bytes()
+            && bytes[4..8] == checksum(seq, &bytes[16..]).to_le_bytes();
+        if valid {
+            return Ok((Some((seq, bytes[16..].to_vec())), damaged));
+        }
+        tracing::error!(file = %p.display(), "damaged checkpoint ignored; recovering from an older one and the WAL");
+        damaged += 1;
+    }
+    Ok((None, damaged))
+}
+
+/// Remove what a flush after checkpoint `seq` left behind: Parquet parts it wrote (they will be
+/// written again from the WAL) and temporary files. Returns how many files were removed.
+pub(crate) fn remove_orphans(data_dir: &Path, seq: u64) -> io::Result<u64> {
+    let mut removed = 0;
+    for root in [layout::ROLLUPS, layout::RECORDINGS, layout::STATE] {
+        let mut stack = vec![data_dir.join(root)];
+        while let Some(dir) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            let mut changed = false;
+            for e in entries.filter_map(Result::ok) {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                    continue;
+                }
+                let name = e.file_name().to_string_lossy().into_owned();
+                let orphan =
+                    name.ends_with(".tmp") || layout::parse_part_name(&name).is_some_and(|(_, s)| s > seq);
+                if orphan {
+                    std::fs::remove_file(&p)?;
+                    removed += 1;
+                    changed = true;
+                }
+            }
+            if changed {
+                sync_dir(&dir)?;
+            }
+        }
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_newest_valid_checkpoint_wins_and_two_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(load(dir.path()).unwrap(), (None, 0));
+        assert_eq!(write(dir.path(), 5, b"five").unwrap(), 5);
+        assert_eq!(write(dir.path(), 9, b"nine").unwrap(), 5, "WAL deletable up to the older kept one");
+        assert_eq!(write(dir.path(), 12, b"twelve").unwrap(), 9);
+        assert_eq!(list(dir.path()).iter().map(|c| c.0).collect::<Vec<_>>(), vec![9, 12]);
+        assert_eq!(load(dir.path()).unwrap(), (Some((12, b"twelve".to_vec())), 0));
+
+        // Damage the newest: the previous one is used and the damage reported.
+        let p = path(dir.path(), 12);
+        let mut bytes = std::fs::read(&p).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&p, bytes).unwrap();
+        assert_eq!(load(dir.path()).unwrap(), (Some((9, b"nine".to_vec())), 1));
+    }
+
+    #[test]
+    fn orphans_after_the_checkpoint_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let day = dir.path().join("rollups/window=1m/date=2026-11-24");
+        std::fs::create_dir_all(&day).unwrap();
+        for (ts, seq) in [(0, 4), (10, 7), (20, 8)] {
+            std::fs::write(day.join(layout::part_name(ts, seq)), b"x").unwrap();
+        }
+        std::fs::write(day.join("part-1-2.parquet.tmp"), b"x").unwrap();
+        assert_eq!(remove_orphans(dir.path(), 7).unwrap(), 2);
+        let left: Vec<u64> = layout::parts(dir.path()).into_iter().map(|p| p.2).collect();
+        assert_eq!(left, vec![4, 7]);
+    }
+}

@@ -1,0 +1,476 @@
+//! Downsampling into tumbling windows: a pure state machine (no clock, no I/O).
+//!
+//! Inputs are the WAL's events, in WAL order: batches of readings with the wall-clock time the
+//! gateway received them, and ticks carrying the wall clock. Output is closed [`Rollup`] rows.
+//! Because every input comes from the WAL, replaying the WAL from a checkpoint reproduces
+//! exactly the same windows and closings: that is what makes recovery exact.
+//!
+//! Decisions, per series (one device's metric):
+//! - **Event time, per series.** A window closes when the series' own newest timestamp passes
+//!   the window's end plus the allowed lateness. A device whose clock is off by ten minutes
+//!   only delays its own windows; it never makes another device's readings late.
+//! - **Late** readings (their window already closed) are counted per window size and not
+//!   aggregated; they still reach the recordings. Never silently dropped.
+//! - **Idle close.** A series that receives nothing for `idle_close` (by arrival time) has its
+//!   open windows closed, so a device that went quiet still gets its last windows written.
+//! - **Duplicates.** A reading is identified by (device, metric, timestamp). The last
+//!   [`RECENT`] timestamps of each series are remembered, so a batch the broker redelivers after
+//!   a crash (it is at most the unacknowledged in-flight window) is not counted twice.
+//! - NaN and infinite values, bad-quality readings and timestamps beyond `max_clock_skew` ahead
+//!   of arrival are not aggregated, and each is counted.
+
+use crate::codec::{Dec, Enc, Malformed};
+use fieldgate_proto::{DeviceId, Metric, Quality, Reading, Timestamp};
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// Timestamps remembered per series for duplicate detection. MQTT brokers hold at most their
+/// in-flight window unacknowledged per client (mosquitto: 20), and the gateway acknowledges in
+/// order, so redelivered messages of one series fit in 32.
+pub const RECENT: usize = 32;
+
+/// One closed (or, for queries, still open) window of one series.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rollup {
+    pub device: DeviceId,
+    pub metric: Metric,
+    /// Window size in ns.
+    pub window_ns: i64,
+    pub start: i64,
+    pub count: u64,
+    pub min: f64,
+    pub max: f64,
+    pub sum: f64,
+    pub first: f64,
+    pub last: f64,
+    pub first_ts: i64,
+    pub last_ts: i64,
+}
+
+impl Rollup {
+    pub fn end(&self) -> i64 {
+        self.start + self.window_ns
+    }
+
+    pub fn mean(&self) -> f64 {
+        self.sum / self.count as f64
+    }
+}
+
+/// Why readings were not aggregated, counted per batch.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// Readings that went into windows (at least one window size).
+    pub aggregated: u64,
+    pub duplicate: u64,
+    pub not_finite: u64,
+    pub bad_quality: u64,
+    pub future_timestamp: u64,
+    /// Late readings per window size (same order as the configured sizes).
+    pub late: Vec<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Agg {
+    start: i64,
+    count: u64,
+    min: f64,
+    max: f64,
+    sum: f64,
+    first: f64,
+    last: f64,
+    first_ts: i64,
+    last_ts: i64,
+}
+
+impl Agg {
+    fn new(start: i64, ts: i64, v: f64) -> Self {
+        Agg { start, count: 1, min: v, max: v, sum: v, first: v, last: v, first_ts: ts, last_ts: ts }
+    }
+
+    fn add(&mut self, ts: i64, v: f64) {
+        self.count += 1;
+        self.min = self.min.min(v);
+        self.max = self.max.max(v);
+        self.sum += v;
+        // First and last by timestamp; on a tie the earlier arrival stays first and the later
+        // arrival becomes last.
+        if ts < self.first_ts {
+            self.first_ts = ts;
+            self.first = v;
+        }
+        if ts >= self.last_ts {
+            self.last_ts = ts;
+            self.last = v;
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct PerSize {
+    /// Windows ending at or before this are closed: readings for them are late.
+    closed_until: i64,
+    /// Open windows, oldest first (usually one, two around a boundary).
+    open: Vec<Agg>,
+}
+
+#[derive(Debug, Clone)]
+struct Series {
+    device: DeviceId,
+    metric: Metric,
+    max_ts: i64,
+    last_arrival: i64,
+    recent: [i64; RECENT],
+    recent_len: usize,
+    recent_next: usize,
+    sizes: Vec<PerSize>,
+}
+
+impl Series {
+    fn new(device: DeviceId, metric: Metric, n_sizes: usize) -> Self {
+        Series {
+            device,
+            metric,
+            max_ts: i64::MIN,
+            last_arrival: i64::MIN,
+            recent: [0; RECENT],
+            recent_len: 0,
+            recent_next: 0,
+            sizes: vec![PerSize { closed_until: i64::MIN, open: Vec::new() }; n_sizes],
+        }
+    }
+
+    fn seen(&self, ts: i64) -> bool {
+        self.recent[..self.recent_len].contains(&ts)
+    }
+
+    fn remember(&mut self, ts: i64) {
+        self.recent[self.recent_next] = ts;
+        self.recent_next = (self.recent_next + 1) % RECENT;
+        self.recent_len = (self.recent_len + 1).min(RECENT);
+    }
+
+    fn has_open(&self) -> bool {
+        self.sizes.iter().any(|s| !s.open.is_empty())
+    }
+}
+
+/// Settings of the state machine (from the store config).
+#[derive(Debug, Clone)]
+pub struct WindowSettings {
+    pub sizes: Vec<Duration>,
+    pub allowed_lateness: Duration,
+    pub idle_close: Duration,
+    pub max_clock_skew: Duration,
+}
+
+fn ns(d: Duration) -> i64 {
+    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
+}
+
+/// All open windows of all series, and the closed rows not yet taken.
+#[derive(Debug)]
+pub struct Windows {
+    sizes: Vec<i64>,
+    lateness: i64,
+    idle: i64,
+    skew: i64,
+    index: HashMap<DeviceId, HashMap<Metric, usize>>,
+    series: Vec<Series>,
+    closed: Vec<Vec<Rollup>>,
+}
+
+impl Windows {
+    pub fn new(settings: &WindowSettings) -> Self {
+        let sizes: Vec<i64> = settings.sizes.iter().map(|d| ns(*d)).collect();
+        Windows {
+            closed: vec![Vec::new(); sizes.len()],
+            sizes,
+            lateness: ns(settings.allowed_lateness),
+            idle: ns(settings.idle_close),
+            skew: ns(settings.max_clock_skew),
+            index: HashMap::new(),
+            series: Vec::new(),
+        }
+    }
+
+    /// Window sizes in ns, in configured order.
+    pub fn sizes(&self) -> &[i64] {
+        &self.sizes
+    }
+
+    fn series_index(&mut self, device: &DeviceId, metric: &Metric) -> usize {
+        if let Some(&i) = self.index.get(device).and_then(|m| m.get(metric)) {
+            return i;
+        }
+        let i = self.series.len();
+        self.series.push(Series::new(device.clone(), metric.clone(), self.sizes.len()));
+        self.index.entry(device.clone()).or_default().insert(metric.clone(), i);
+        i
+    }
+
+    /// Fold a batch received at `received` into the windows.
+    pub fn apply(&mut self, received: Timestamp, readings: &[Reading]) -> Outcome {
+        let mut out = Outcome { late: vec![0; self.sizes.len()], ..Outcome::default() };
+        let received = received.as_nanos();
+        for r in readings {
+            if r.quality == Quality::Bad {
+                out.bad_quality += 1;
+                continue;
+            }
+            if !r.value.is_finite() {
+                out.not_finite += 1;
+                continue;
+            }
+            let ts = r.ts.as_nanos();
+            if ts > received.saturating_add(self.skew) {
+                out.future_timestamp += 1;
+                continue;
+            }
+            let i = self.series_index(&r.device, &r.metric);
+            let (sizes, lateness) = (&self.sizes, self.lateness);
+            let s = &mut self.series[i];
+            s.last_arrival = s.last_arrival.max(received);
+            if s.seen(ts) {
+                out.duplicate += 1;
+                continue;
+            }
+            s.remember(ts);
+            let mut aggregated = false;
+            for (k, &size) in sizes.iter().enumerate() {
+                let start = ts - ts.rem_euclid(size);
+                let end = start.saturating_add(size);
+                let per = &mut s.sizes[k];
+                if end.saturating_add(lateness) <= s.max_ts || end <= per.closed_until {
+                    out.late[k] += 1;
+                    continue;
+                }
+                aggregated = true;
+                match per.open.binary_search_by_key(&start, |a| a.start) {
+                    Ok(j) => per.open[j].add(ts, r.value),
+                    Err(j) => per.open.insert(j, Agg::new(start, ts, r.value)),
+                }
+            }
+            out.aggregated += u64::from(aggregated);
+            if ts > s.max_ts {
+                s.max_ts = ts;
+                self.close_series(i, |end, max_ts, lateness| end.saturating_add(lateness) <= max_ts);
+            }
+        }
+        out
+    }
+
+    /// Close the windows of series `i` for which `due(end, max_ts, lateness)` holds.
+    fn close_series(&mut self, i: usize, due: impl Fn(i64, i64, i64) -> bool) {
+        let s = &mut self.series[i];
+        for (k, per) in s.sizes.iter_mut().enumerate() {
+            let size = self.sizes[k];
+            let n = per
+                .open
+                .iter()
+                .take_while(|a| due(a.start.saturating_add(size), s.max_ts, self.lateness))
+                .count();
+            for a in per.open.drain(..n) {
+                per.closed_until = per.closed_until.max(a.start.saturating_add(size));
+                self.closed[k].push(rollup(&s.device, &s.metric, size, &a));
+            }
+        }
+    }
+
+    /// The wall clock moved to `now`: close the windows of series idle since `now - idle_close`.
+    pub fn tick(&mut self, now: Timestamp) {
+        let cutoff = now.as_nanos().saturating_sub(self.idle);
+        for i in 0..self.series.len() {
+            if self.series[i].last_arrival <= cutoff && self.series[i].has_open() {
+                self.close_series(i, |_, _, _| true);
+            }
+        }
+    }
+
+    /// Whether a tick at `now` would close anything (so the writer logs ticks only then).
+    pub fn tick_due(&self, now: Timestamp) -> bool {
+        let cutoff = now.as_nanos().saturating_sub(self.idle);
+        self.series.iter().any(|s| s.last_arrival <= cutoff && s.has_open())
+    }
+
+    /// Take the closed rows of each window size (same order as the sizes).
+    pub fn take_closed(&mut self) -> Vec<Vec<Rollup>> {
+        self.closed.iter_mut().map(std::mem::take).collect()
+    }
+
+    /// Closed rows waiting to be taken.
+    pub fn closed_len(&self) -> usize {
+        self.closed.iter().map(Vec::len).sum()
+    }
+
+    /// Windows open right now, as rows (for queries that must reach up to now).
+    pub fn open_rollups(&self) -> Vec<Rollup> {
+        let mut rows = Vec::new();
+        for s in &self.series {
+            for (k, per) in s.sizes.iter().enumerate() {
+                rows.extend(per.open.iter().map(|a| rollup(&s.device, &s.metric, self.sizes[k], a)));
+            }
+        }
+        rows
+    }
+
+    /// Number of open windows across all series and sizes.
+    pub fn open_count(&self) -> usize {
+        self.series.iter().flat_map(|s| &s.sizes).map(|p| p.open.len()).sum()
+    }
+
+    /// Number of series (device, metric pairs) seen.
+    pub fn series_count(&self) -> usize {
+        self.series.len()
+    }
+}
+
+fn rollup(device: &DeviceId, metric: &Metric, size: i64, a: &Agg) -> Rollup {
+    Rollup {
+        device: device.clone(),
+        metric: metric.clone(),
+        window_ns: size,
+        start: a.start,
+        count: a.count,
+        min: a.min,
+        max: a.max,
+        sum: a.sum,
+        first: a.first,
+        last: a.last,
+        first_ts: a.first_ts,
+        last_ts: a.last_ts,
+    }
+}
+
+impl Windows {
+    /// Encode the whole state (open windows, per-series watermarks, recent timestamps and the
+    /// closed rows not yet taken) for a checkpoint.
+    pub(crate) fn encode(&self, enc: &mut Enc) {
+        enc.u32(self.sizes.len() as u32);
+        for &s in &self.sizes {
+            enc.i64(s);
+        }
+        enc.u64(self.series.len() as u64);
+        for s in &self.series {
+            enc.name(s.device.as_str());
+            enc.name(s.metric.as_str());
+            enc.i64(s.max_ts);
+            enc.i64(s.last_arrival);
+            enc.u8(s.recent_len as u8);
+            for j in 0..s.recent_len {
+                // Oldest first, so that decoding re-remembers them in order.
+                let at = (s.recent_next + RECENT - s.recent_len + j) % RECENT;
+                enc.i64(s.recent[at]);
+            }
+            for per in &s.sizes {
+                enc.i64(per.closed_until);
+                enc.u32(per.open.len() as u32);
+                for a in &per.open {
+                    encode_agg(enc, a);
+                }
+            }
+        }
+        for closed in &self.closed {
+            enc.u64(closed.len() as u64);
+            for r in closed {
+                enc.name(r.device.as_str());
+                enc.name(r.metric.as_str());
+                encode_agg(
+                    enc,
+                    &Agg {
+                        start: r.start,
+                        count: r.count,
+                        min: r.min,
+                        max: r.max,
+                        sum: r.sum,
+                        first: r.first,
+                        last: r.last,
+                        first_ts: r.first_ts,
+                        last_ts: r.last_ts,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Restore a state encoded by [`Windows::encode`] under (possibly changed) settings. Window
+    /// sizes that are no longer configured are dropped; new ones start empty.
+    pub(crate) fn decode(
+        settings: &WindowSettings,
+        dec: &mut Dec<'_>,
+    ) -> Result<(Windows, usize), Malformed> {
+        let mut w = Windows::new(settings);
+        let n_sizes = dec.u32()? as usize;
+        let old_sizes: Vec<i64> = (0..n_sizes).map(|_| dec.i64()).collect::<Result<_, _>>()?;
+        let map: Vec<Option<usize>> = old_sizes.iter().map(|s| w.sizes.iter().position(|n| n == s)).collect();
+        let mut dropped = 0;
+        let n_series = dec.u64()?;
+        for _ in 0..n_series {
+            let device = dec.device()?;
+            let metric = dec.metric()?;
+            let i = w.series_index(&device, &metric);
+            let s = &mut w.series[i];
+            s.max_ts = dec.i64()?;
+            s.last_arrival = dec.i64()?;
+            let n_recent = usize::from(dec.u8()?).min(RECENT);
+            for _ in 0..n_recent {
+                let ts = dec.i64()?;
+                s.remember(ts);
+            }
+            for target in &map {
+                let closed_until = dec.i64()?;
+                let n_open = dec.u32()?;
+                let mut open = Vec::with_capacity(n_open.min(1024) as usize);
+                for _ in 0..n_open {
+                    open.push(decode_agg(dec)?);
+                }
+                match target {
+                    Some(k) => s.sizes[*k] = PerSize { closed_until, open },
+                    None => dropped += open.len(),
+                }
+            }
+        }
+        for (old, target) in map.iter().enumerate() {
+            let n = dec.u64()?;
+            for _ in 0..n {
+                let device = dec.device()?;
+                let metric = dec.metric()?;
+                let a = decode_agg(dec)?;
+                match target {
+                    Some(k) => w.closed[*k].push(rollup(&device, &metric, old_sizes[old], &a)),
+                    None => dropped += 1,
+                }
+            }
+        }
+        Ok((w, dropped))
+    }
+}
+
+fn encode_agg(enc: &mut Enc, a: &Agg) {
+    enc.i64(a.start);
+    enc.u64(a.count);
+    enc.f64(a.min);
+    enc.f64(a.max);
+    enc.f64(a.sum);
+    enc.f64(a.first);
+    enc.f64(a.last);
+    enc.i64(a.first_ts);
+    enc.i64(a.last_ts);
+}
+
+fn decode_agg(dec: &mut Dec<'_>) -> Result<Agg, Malformed> {
+    Ok(Agg {
+        start: dec.i64()?,
+        count: dec.u64()?,
+        min: dec.f64()?,
+        max: dec.f64()?,
+        sum: dec.f64()?,
+        first: dec.f64()?,
+        last: dec.f64()?,
+        first_ts: dec.i64()?,
+        last_ts: dec.i64()?,
+    })
+}
+
+#[cfg(test)]
+mod tests;

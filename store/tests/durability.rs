@@ -1,0 +1,415 @@
+//! The store's durability contract against real processes, real files and a real full disk.
+//!
+//! - `sigkill_at_random_points_loses_and_duplicates_nothing`: a child process writes and
+//!   prints each acknowledgement; it is killed with SIGKILL at random points many times and
+//!   restarted, re-sending whatever it had not seen acknowledged (as an MQTT client would).
+//!   At the end every acknowledged reading is counted exactly once in the rollups.
+//! - `a_full_disk_back_pressures_and_resumes`: a size-limited tmpfs fills up; acks stop, the
+//!   status says so, and once space returns everything resumes with nothing lost.
+//! - `duckdb_reads_the_files_with_hive_partitioning`: an independent reader sees exactly the
+//!   aggregates the test expects.
+#![allow(clippy::unwrap_used)]
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Float64Type, TimestampNanosecondType, UInt64Type};
+use arrow_array::{Array, RecordBatch};
+use fieldgate_proto::{DeviceId, Metric, Quality, Reading, Source, Timestamp};
+use fieldgate_store::{Store, StoreConfig, StoreMetrics, StoreStatus, layout};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use rand::{Rng, SeedableRng};
+use std::collections::{BTreeMap, HashSet};
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::mpsc::RecvTimeoutError;
+use std::time::Duration;
+
+const S: i64 = 1_000_000_000;
+/// 2026-01-01T00:00:00Z: readings are in the past, so none is "from the future".
+const BASE: i64 = 1_767_225_600 * S;
+const DEVICES: u64 = 7;
+const METRICS: u64 = 3;
+const WAIT: Duration = Duration::from_secs(60);
+
+fn cfg(dir: &Path) -> StoreConfig {
+    let mut c = StoreConfig::new(dir);
+    c.windows = vec![Duration::from_secs(10), Duration::from_secs(60)];
+    c.allowed_lateness = Duration::from_secs(2);
+    c
+}
+
+/// Reading number `j`: series `j % 21`, 100 ms apart, value `j`.
+fn reading(j: u64) -> Reading {
+    Reading {
+        device: DeviceId::new(&format!("dev-{}", j % DEVICES)).unwrap(),
+        metric: Metric::new(&format!("m{}", (j / DEVICES) % METRICS)).unwrap(),
+        ts: Timestamp::from_nanos(BASE + j as i64 * S / 10),
+        value: j as f64,
+        quality: Quality::Good,
+        source: Source::Mqtt,
+    }
+}
+
+/// One reading per series far ahead, closing every window before it.
+fn closers(after: u64) -> Vec<Reading> {
+    (0..DEVICES * METRICS)
+        .map(|j| {
+            let mut r = reading(j);
+            r.ts = Timestamp::from_nanos(BASE + (after as i64 + 100_000) * S);
+            r
+        })
+        .collect()
+}
+
+fn series_of(j: u64) -> (String, String) {
+    (format!("dev-{}", j % DEVICES), format!("m{}", (j / DEVICES) % METRICS))
+}
+
+/// (device, metric, window_start, count, sum) of every rollup row of one window size.
+fn rollup_rows(data: &Path, window: &str) -> Vec<(String, String, i64, u64, f64)> {
+    let mut rows = Vec::new();
+    let dir = data.join(layout::ROLLUPS).join(format!("window={window}"));
+    for (path, _, _) in layout::parts(&dir) {
+        let file = std::fs::File::open(&path).unwrap();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap();
+        for batch in reader {
+            let b: RecordBatch = batch.unwrap();
+            let strings = |name: &str| -> Vec<String> {
+                let col = b.column_by_name(name).unwrap();
+                let cast = arrow_array::cast::as_dictionary_array::<arrow_array::types::Int32Type>(col);
+                let values = cast.values().as_string::<i32>();
+                cast.keys().iter().map(|k| values.value(k.unwrap() as usize).to_owned()).collect()
+            };
+            let (devices, metrics) = (strings("device"), strings("metric"));
+            let starts = b.column_by_name("window_start").unwrap().as_primitive::<TimestampNanosecondType>();
+            let counts = b.column_by_name("count").unwrap().as_primitive::<UInt64Type>();
+            let sums = b.column_by_name("sum").unwrap().as_primitive::<Float64Type>();
+            for i in 0..b.num_rows() {
+                assert!(!starts.is_null(i));
+                rows.push((
+                    devices[i].clone(),
+                    metrics[i].clone(),
+                    starts.value(i),
+                    counts.value(i),
+                    sums.value(i),
+                ));
+            }
+        }
+    }
+    rows
+}
+
+/// Check that readings `0..n` are each counted exactly once, in windows of both sizes, and
+/// that no window was written twice.
+fn assert_exactly_once(data: &Path, n: u64) {
+    let mut expected: BTreeMap<(String, String), (u64, f64)> = BTreeMap::new();
+    for j in 0..n {
+        let e = expected.entry(series_of(j)).or_default();
+        e.0 += 1;
+        e.1 += j as f64;
+    }
+    for window in ["10s", "1m"] {
+        let rows = rollup_rows(data, window);
+        let mut seen = HashSet::new();
+        let mut got: BTreeMap<(String, String), (u64, f64)> = BTreeMap::new();
+        for (d, m, start, count, sum) in rows {
+            assert!(
+                seen.insert((d.clone(), m.clone(), start)),
+                "window {window} {d}/{m}@{start} written twice"
+            );
+            let e = got.entry((d, m)).or_default();
+            e.0 += count;
+            e.1 += sum;
+        }
+        assert_eq!(got, expected, "rollups of {window} differ from the {n} acknowledged readings");
+    }
+}
+
+/// The child side of the SIGKILL test: write from FG_CHILD_START, printing each ack, until
+/// FG_CHILD_END; with FG_CHILD_FINAL, close all windows and shut down cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_child_process() {
+    // Only runs as the child of the SIGKILL test (see below); as a plain test it has no work.
+    let Ok(dir) = std::env::var("FG_CHILD_DIR") else { return };
+    let start: u64 = std::env::var("FG_CHILD_START").unwrap().parse().unwrap();
+    let end: u64 = std::env::var("FG_CHILD_END").unwrap().parse().unwrap();
+    let mut c = cfg(Path::new(&dir));
+    c.flush_interval = Duration::from_millis(20);
+    c.segment_bytes = 16 << 10;
+    c.recordings = true;
+    let mut registry = prometheus_client::registry::Registry::default();
+    let store = tokio::task::spawn_blocking(move || Store::open(c, StoreMetrics::register(&mut registry)))
+        .await
+        .unwrap()
+        .unwrap();
+    let sink = store.sink();
+    let mut out = std::io::stdout().lock();
+    let r = store.recovery();
+    writeln!(out, "recovered {} {} {}", r.replayed_records, r.orphan_files, r.wal.torn_tail_bytes).unwrap();
+    let mut j = start;
+    while j < end {
+        let n = 1 + (j % 8);
+        let batch: Vec<Reading> = (j..(j + n).min(end)).map(reading).collect();
+        let last = j + batch.len() as u64 - 1;
+        sink.submit(batch, Timestamp::now()).await.unwrap().await.unwrap();
+        writeln!(out, "acked {last}").unwrap();
+        out.flush().unwrap();
+        j = last + 1;
+    }
+    if std::env::var("FG_CHILD_FINAL").is_ok() {
+        sink.submit(closers(end), Timestamp::now()).await.unwrap().await.unwrap();
+        drop(sink);
+        tokio::task::spawn_blocking(move || store.close()).await.unwrap();
+        writeln!(out, "closed").unwrap();
+    }
+}
+
+struct Child {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Child {
+    fn spawn(dir: &Path, start: u64, end: u64, final_run: bool) -> Child {
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.args(["--exact", "crash_child_process", "--nocapture", "--test-threads", "1"])
+            .env("FG_CHILD_DIR", dir)
+            .env("FG_CHILD_START", start.to_string())
+            .env("FG_CHILD_END", end.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        if final_run {
+            cmd.env("FG_CHILD_FINAL", "1");
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Child { child, lines }
+    }
+
+    /// The child's next own line (`acked N` or `closed`), skipping the test harness's lines.
+    fn line(&self) -> Option<String> {
+        loop {
+            match self.lines.recv_timeout(WAIT) {
+                Ok(l) if l.starts_with("acked ") || l.starts_with("recovered ") || l == "closed" => {
+                    return Some(l);
+                }
+                Ok(_) => {}
+                Err(RecvTimeoutError::Disconnected) => return None,
+                Err(RecvTimeoutError::Timeout) => panic!("the child printed nothing for {WAIT:?}"),
+            }
+        }
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn acked(line: &str) -> Option<u64> {
+    line.strip_prefix("acked ").map(|n| n.parse().unwrap())
+}
+
+#[test]
+fn sigkill_at_random_points_loses_and_duplicates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let seed: u64 = rand::rngs::StdRng::from_os_rng().random();
+    println!("seed {seed} (set FG_SEED to repeat)");
+    let seed = std::env::var("FG_SEED").map_or(seed, |s| s.parse().unwrap());
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut next = 0;
+    let mut replayed = 0;
+    const ROUNDS: usize = 30;
+    for round in 0..ROUNDS {
+        let child = Child::spawn(dir.path(), next, u64::MAX, false);
+        let recovered = child.line().unwrap_or_else(|| panic!("round {round}: child exited early"));
+        replayed += recovered.split(' ').nth(1).unwrap().parse::<u64>().unwrap();
+        // Kill after a random number of acknowledgements: with a 20 ms flush interval the
+        // kill lands anywhere (mid-append, mid-flush, mid-checkpoint).
+        let acks = rng.random_range(1..120);
+        for _ in 0..acks {
+            let line = child.line().unwrap_or_else(|| panic!("round {round}: child exited early"));
+            next = acked(&line).unwrap() + 1;
+        }
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.child.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        drop(child);
+    }
+    assert!(replayed > 0, "no kill left anything to replay: the test did not test recovery");
+    // A last, clean run to a known end, which closes every window and flushes.
+    let end = next + 40;
+    let child = Child::spawn(dir.path(), next, end, true);
+    while let Some(line) = child.line() {
+        if line.starts_with("recovered ") {
+            continue;
+        }
+        if line == "closed" {
+            break;
+        }
+    }
+    assert_exactly_once(dir.path(), end);
+}
+
+fn submit_all(store: &Store, batches: Vec<Vec<Reading>>) -> tokio::task::JoinHandle<usize> {
+    let sink = store.sink();
+    tokio::spawn(async move {
+        let mut acked = 0;
+        for b in batches {
+            let n = b.len();
+            if sink.submit(b, Timestamp::now()).await.unwrap().await.is_ok() {
+                acked += n;
+            }
+        }
+        acked
+    })
+}
+
+/// Unmounts a tmpfs the test mounted, however the test ends.
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_back_pressures_and_resumes() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test mounts a size-limited tmpfs and needs root (CI and the project machines run as root)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let status = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(status.success(), "mount tmpfs failed");
+    let _mount = Mount(dir.path().to_owned());
+    let data = dir.path().join("data");
+
+    let mut c = cfg(&data);
+    c.flush_interval = Duration::from_secs(3600);
+    c.segment_bytes = 256 << 10;
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = StoreMetrics::register(&mut registry);
+    let store = Store::open(c.clone(), metrics.clone()).unwrap();
+    let mut status = store.status();
+
+    // Leave about 100 KiB free, then write ~600 KiB of WAL.
+    let filler = dir.path().join("filler");
+    let free = nix::sys::statvfs::statvfs(dir.path()).unwrap();
+    let free_bytes = free.blocks_available() * free.fragment_size();
+    std::fs::write(&filler, vec![0u8; (free_bytes - 100 * 1024) as usize]).unwrap();
+    const N: u64 = 24_000;
+    let batches: Vec<Vec<Reading>> =
+        (0..N).collect::<Vec<_>>().chunks(200).map(|c| c.iter().copied().map(reading).collect()).collect();
+    let writer = submit_all(&store, batches);
+
+    tokio::time::timeout(WAIT, status.wait_for(|s| matches!(s, StoreStatus::DiskFull(_))))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!writer.is_finished(), "acks stop while the disk is full");
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
+    assert!(
+        out.lines().any(|l| l.starts_with("fieldgate_store_write_errors_total{reason=\"no_space\"}")
+            && !l.ends_with(" 0")),
+        "{out}"
+    );
+
+    std::fs::remove_file(&filler).unwrap();
+    tokio::time::timeout(WAIT, status.wait_for(|s| *s == StoreStatus::Ok)).await.unwrap().unwrap();
+    let acked = tokio::time::timeout(WAIT, writer).await.unwrap().unwrap();
+    assert_eq!(acked as u64, N, "every batch is acknowledged once space returns");
+
+    let sink = store.sink();
+    sink.submit(closers(N), Timestamp::now()).await.unwrap().await.unwrap();
+    drop(sink);
+    tokio::task::spawn_blocking(move || store.close()).await.unwrap();
+    assert_exactly_once(&data, N);
+
+    // The WAL holds no torn write from the failed attempts.
+    let reopened = Store::open(c, metrics).unwrap();
+    assert_eq!(reopened.recovery().wal.torn_tail_bytes, 0);
+    assert_eq!(reopened.recovery().wal.corrupt_regions, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duckdb_reads_the_files_with_hive_partitioning() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg(dir.path());
+    c.recordings = true;
+    let mut registry = prometheus_client::registry::Registry::default();
+    let store = Store::open(c, StoreMetrics::register(&mut registry)).unwrap();
+    const N: u64 = 3000;
+    let mut batches: Vec<Vec<Reading>> =
+        (0..N).collect::<Vec<_>>().chunks(50).map(|c| c.iter().copied().map(reading).collect()).collect();
+    batches.push(closers(N));
+    assert_eq!(submit_all(&store, batches).await.unwrap() as u64, N + DEVICES * METRICS);
+    tokio::task::spawn_blocking(move || store.close()).await.unwrap();
+
+    let script = r#"
+import sys, duckdb
+root, N = sys.argv[1], int(sys.argv[2])
+q = f"""
+select "window", device, metric, sum(count)::bigint, min("min"), max("max"), sum("sum"),
+       count(*)::bigint, count(distinct window_start)::bigint
+from read_parquet('{root}/rollups/*/*/*.parquet', hive_partitioning = true)
+group by all order by all
+"""
+for row in duckdb.sql(q).fetchall():
+    print("|".join(str(v) for v in row))
+rec = duckdb.sql(f"select count(*), min(ts), typeof(min(ts)) from read_parquet('{root}/recordings/*/*.parquet', hive_partitioning = true) where ts < '2026-01-02'").fetchall()[0]
+print("recordings|" + "|".join(str(v) for v in rec))
+"#;
+    let out =
+        Command::new("python3").args(["-c", script]).arg(dir.path()).arg(N.to_string()).output().unwrap();
+    assert!(
+        out.status.success(),
+        "duckdb failed (is it installed? .ci/install-test-deps installs it)\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+
+    let mut expected = Vec::new();
+    for window in ["10s", "1m"] {
+        let mut per: BTreeMap<(String, String), (u64, f64, f64, f64)> = BTreeMap::new();
+        for j in 0..N {
+            let e = per.entry(series_of(j)).or_insert((0, f64::MAX, f64::MIN, 0.0));
+            e.0 += 1;
+            e.1 = e.1.min(j as f64);
+            e.2 = e.2.max(j as f64);
+            e.3 += j as f64;
+        }
+        let window_s = if window == "10s" { 10 } else { 60 };
+        let span = N as i64 * S / 10;
+        let windows = (span + window_s * S - 1) / (window_s * S);
+        for ((d, m), (count, min, max, sum)) in per {
+            expected.push(format!("{window}|{d}|{m}|{count}|{min:?}|{max:?}|{sum:?}|{windows}|{windows}"));
+        }
+    }
+    expected.sort();
+    let mut got: Vec<String> =
+        stdout.lines().filter(|l| !l.starts_with("recordings|")).map(str::to_owned).collect();
+    got.sort();
+    assert_eq!(got, expected);
+    let rec = stdout.lines().find(|l| l.starts_with("recordings|")).unwrap();
+    // Nanosecond timestamps in UTC, as the schema promises.
+    assert_eq!(rec, format!("recordings|{N}|2026-01-01 00:00:00+00:00|TIMESTAMPTZ_NS"));
+}

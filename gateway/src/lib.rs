@@ -12,6 +12,7 @@ pub mod config;
 pub mod health;
 pub mod http;
 pub mod metrics;
+pub mod router;
 pub mod runtime;
 pub mod telemetry;
 

@@ -79,6 +79,11 @@ impl ReadingSink {
         self.tx.send(Submission { readings, received, ack: None }).await.map_err(|_| IngestError::Closed)
     }
 
+    /// Pass on a submission as it is, ack and all (the router forwards to the store this way).
+    pub async fn forward(&self, submission: Submission) -> Result<(), IngestError> {
+        self.tx.send(submission).await.map_err(|_| IngestError::Closed)
+    }
+
     /// Batches that can be submitted before `submit` waits.
     pub fn free_capacity(&self) -> usize {
         self.tx.capacity()

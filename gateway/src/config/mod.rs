@@ -16,6 +16,7 @@ pub use secret::{Secret, SecretSpec};
 pub use units::{ByteSize, HumanDuration};
 
 use fieldgate_proto::DeviceId;
+use fieldgate_store::{Retention, StoreConfig};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -25,6 +26,8 @@ use std::time::Duration;
 pub struct Config {
     pub gateway: GatewayConfig,
     pub http: HttpConfig,
+    /// The store's settings (its `data_dir` is the gateway's).
+    pub store: StoreConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -84,10 +87,9 @@ impl Validator {
     }
 
     fn config(&mut self, raw: raw::RawConfig, base: &Path, _env: &dyn Fn(&str) -> Option<String>) -> Config {
-        Config {
-            gateway: self.gateway(raw.gateway, base),
-            http: HttpConfig { listen: self.address("http.listen", &raw.http.listen) },
-        }
+        let gateway = self.gateway(raw.gateway, base);
+        let store = self.store(raw.store, &gateway.data_dir);
+        Config { gateway, http: HttpConfig { listen: self.address("http.listen", &raw.http.listen) }, store }
     }
 
     fn gateway(&mut self, raw: raw::RawGateway, base: &Path) -> GatewayConfig {
@@ -115,6 +117,83 @@ impl Validator {
             self.problem(path, format!("`{s}` is not an address like \"127.0.0.1:9464\" or \"[::1]:9464\""));
             SocketAddr::from(([127, 0, 0, 1], 0))
         })
+    }
+
+    fn store(&mut self, raw: raw::RawStore, data_dir: &Path) -> StoreConfig {
+        const MS: Duration = Duration::from_millis(1);
+        const S: Duration = Duration::from_secs(1);
+        const DAY: Duration = Duration::from_secs(86_400);
+        let mut windows = Vec::new();
+        if raw.windows.is_empty() {
+            self.problem("store.windows", "give at least one window size, e.g. [\"1m\"]");
+        }
+        for (i, w) in raw.windows.iter().enumerate() {
+            let path = format!("store.windows[{i}]");
+            let w = self.duration(&path, *w, 100 * MS, DAY);
+            if windows.contains(&w) {
+                self.problem(&path, format!("{} is listed twice", HumanDuration(w)));
+            }
+            windows.push(w);
+        }
+        windows.sort();
+        windows.dedup();
+        let mut retention = Retention::default();
+        for (label, age) in &raw.retention.rollups {
+            let path = format!("store.retention.rollups.{label}");
+            match HumanDuration::parse(label) {
+                Ok(w) if windows.contains(&w.0) => {
+                    retention.rollups.push((w.0, self.duration(&path, *age, S, 3650 * DAY)))
+                }
+                Ok(_) => self.problem(&path, format!("`{label}` is not one of store.windows")),
+                Err(e) => self.problem(&path, e),
+            }
+        }
+        retention.recordings =
+            raw.retention.recordings.map(|a| self.duration("store.retention.recordings", a, S, 3650 * DAY));
+        retention.max_bytes = raw.retention.max_disk.map(|b| {
+            if b.0 < 64 << 20 {
+                self.problem("store.retention.max_disk", format!("must be at least 64MiB, got {b}"));
+            }
+            b.0
+        });
+        StoreConfig {
+            data_dir: data_dir.to_owned(),
+            windows,
+            allowed_lateness: self.duration(
+                "store.allowed_lateness",
+                raw.allowed_lateness,
+                Duration::ZERO,
+                DAY,
+            ),
+            idle_close: self.duration("store.idle_close", raw.idle_close, S, 7 * DAY),
+            max_clock_skew: self.duration("store.max_clock_skew", raw.max_clock_skew, S, DAY),
+            commit_delay: self.duration("store.commit_delay", raw.commit_delay, Duration::ZERO, S),
+            segment_bytes: {
+                let b = raw.wal_segment_size;
+                if !(1 << 20..=1 << 30).contains(&b.0) {
+                    self.problem("store.wal_segment_size", format!("must be between 1MiB and 1GiB, got {b}"));
+                }
+                b.0
+            },
+            flush_interval: self.duration(
+                "store.flush_interval",
+                raw.flush_interval,
+                S,
+                Duration::from_secs(3600),
+            ),
+            flush_rows: self.count("store.flush_rows", raw.flush_rows, 1000, 100_000_000),
+            row_group_rows: self.count("store.row_group_rows", raw.row_group_rows, 1000, 10_000_000),
+            recordings: raw.recordings,
+            queue_batches: self.count("store.queue", raw.queue, 1, 1_000_000),
+            retention,
+        }
+    }
+
+    fn count(&mut self, path: &str, v: usize, min: usize, max: usize) -> usize {
+        if !(min..=max).contains(&v) {
+            self.problem(path, format!("must be between {min} and {max}, got {v}"));
+        }
+        v.clamp(min, max)
     }
 
     fn duration(&mut self, path: &str, d: HumanDuration, min: Duration, max: Duration) -> Duration {

@@ -1,8 +1,9 @@
 //! The config file as written: serde structs that mirror the TOML, with defaults next to
 //! their fields. `validate` turns them into the runtime types of [`super`].
 
-use super::units::HumanDuration;
+use super::units::{ByteSize, HumanDuration};
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -12,6 +13,8 @@ pub(crate) struct RawConfig {
     pub(crate) gateway: RawGateway,
     #[serde(default)]
     pub(crate) http: RawHttp,
+    #[serde(default)]
+    pub(crate) store: RawStore,
 }
 
 #[derive(Debug, Deserialize)]
@@ -53,4 +56,57 @@ impl Default for RawHttp {
 /// metrics tell a lot about a farm.
 fn default_http_listen() -> String {
     "127.0.0.1:9464".to_owned()
+}
+
+/// `[store]`: the WAL, the windows and the Parquet files. Defaults suit a farm gateway with up
+/// to a few thousand series on an industrial PC's SSD.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawStore {
+    /// Tumbling window sizes that rollups are kept at.
+    pub(crate) windows: Vec<HumanDuration>,
+    pub(crate) allowed_lateness: HumanDuration,
+    pub(crate) idle_close: HumanDuration,
+    pub(crate) max_clock_skew: HumanDuration,
+    pub(crate) commit_delay: HumanDuration,
+    pub(crate) wal_segment_size: ByteSize,
+    pub(crate) flush_interval: HumanDuration,
+    pub(crate) flush_rows: usize,
+    pub(crate) row_group_rows: usize,
+    pub(crate) recordings: bool,
+    pub(crate) queue: usize,
+    pub(crate) retention: RawRetention,
+}
+
+fn d(secs: u64) -> HumanDuration {
+    HumanDuration(Duration::from_secs(secs))
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        RawStore {
+            windows: vec![d(10), d(60), d(900)],
+            allowed_lateness: d(30),
+            idle_close: d(300),
+            max_clock_skew: d(300),
+            commit_delay: HumanDuration(Duration::ZERO),
+            wal_segment_size: ByteSize(64 << 20),
+            flush_interval: d(60),
+            flush_rows: 1 << 20,
+            row_group_rows: 64 * 1024,
+            recordings: false,
+            queue: 1024,
+            retention: RawRetention::default(),
+        }
+    }
+}
+
+/// `[store.retention]`: how long files are kept and how much disk they may use.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawRetention {
+    /// Per window size label (as in `windows`), how long its rollups are kept.
+    pub(crate) rollups: BTreeMap<String, HumanDuration>,
+    pub(crate) recordings: Option<HumanDuration>,
+    pub(crate) max_disk: Option<ByteSize>,
 }

@@ -159,3 +159,62 @@ fn the_example_config_is_valid() {
     let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(config.gateway.id, "example-farm");
 }
+
+#[test]
+fn store_settings_parse_and_are_checked() {
+    let src = r#"
+[gateway]
+id = "farm"
+
+[store]
+windows = ["1m", "10s"]
+allowed_lateness = "1m"
+recordings = true
+wal_segment_size = "16MiB"
+
+[store.retention]
+rollups = { "10s" = "7d", "1m" = "365d" }
+recordings = "30d"
+max_disk = "20GiB"
+"#;
+    let c = Config::parse(src, Path::new("/etc/fieldgate/fieldgate.toml"), &no_env).unwrap();
+    assert_eq!(c.store.windows, vec![Duration::from_secs(10), Duration::from_secs(60)], "sorted");
+    assert_eq!(c.store.allowed_lateness, Duration::from_secs(60));
+    assert!(c.store.recordings);
+    assert_eq!(c.store.segment_bytes, 16 << 20);
+    assert_eq!(c.store.data_dir, Path::new("/etc/fieldgate/data"));
+    assert_eq!(
+        c.store.retention.rollups,
+        vec![
+            (Duration::from_secs(10), Duration::from_secs(7 * 86_400)),
+            (Duration::from_secs(60), Duration::from_secs(365 * 86_400))
+        ]
+    );
+    assert_eq!(c.store.retention.max_bytes, Some(20 << 30));
+
+    let bad = r#"
+[gateway]
+id = "farm"
+
+[store]
+windows = ["1m", "10ms", "1m"]
+wal_segment_size = "1KiB"
+flush_rows = 5
+
+[store.retention]
+rollups = { "5m" = "7d" }
+"#;
+    let problems = located(bad);
+    let texts: Vec<&str> = problems.iter().map(|p| p.2.as_str()).collect();
+    assert_eq!(
+        texts,
+        vec![
+            "store.windows[1]: must be at least 100ms, got 10ms",
+            "store.windows[2]: 1m is listed twice",
+            "store.wal_segment_size: must be between 1MiB and 1GiB, got 1KiB",
+            "store.flush_rows: must be between 1000 and 100000000, got 5",
+            "store.retention.rollups.5m: `5m` is not one of store.windows",
+        ]
+    );
+    assert_eq!(problems[0].0, 6);
+}

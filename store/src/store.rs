@@ -66,6 +66,7 @@ pub enum StoreError {
 pub struct Store {
     tx: Option<mpsc::Sender<Submission>>,
     status: watch::Receiver<StoreStatus>,
+    checkpointed: watch::Receiver<u64>,
     shared: Arc<Shared>,
     writer: Option<JoinHandle<()>>,
     flusher: Option<JoinHandle<()>>,
@@ -152,7 +153,8 @@ impl Store {
         tracing::info!(?recovery, "store opened");
 
         let (status_tx, status) = watch::channel(StoreStatus::Ok);
-        let shared = Arc::new(Shared::new(metrics, status_tx));
+        let (checkpointed_tx, checkpointed) = watch::channel(checkpoint_seq);
+        let shared = Arc::new(Shared::new(metrics, status_tx, checkpointed_tx));
         // One job in flight plus one queued: the writer never waits on a healthy flusher.
         let (jobs_tx, jobs_rx) = std::sync::mpsc::sync_channel(1);
         let (done_tx, done_rx) = mpsc::channel(1);
@@ -193,7 +195,15 @@ impl Store {
                 })
                 .map_err(|e| StoreError::Thread("WAL", e))?
         };
-        Ok(Store { tx: Some(tx), status, shared, writer: Some(writer), flusher: Some(flusher), recovery })
+        Ok(Store {
+            tx: Some(tx),
+            status,
+            checkpointed,
+            shared,
+            writer: Some(writer),
+            flusher: Some(flusher),
+            recovery,
+        })
     }
 
     /// A sink for producers: `submit` waits while the store's queue is full and returns an
@@ -206,6 +216,13 @@ impl Store {
     /// The store's status, updated as it changes.
     pub fn status(&self) -> watch::Receiver<StoreStatus> {
         self.status.clone()
+    }
+
+    /// The WAL sequence number of the last committed checkpoint: every batch acknowledged with
+    /// a `Durable { seq }` up to it is in Parquet files or the checkpointed window state, and
+    /// the WAL before it can go.
+    pub fn checkpointed(&self) -> watch::Receiver<u64> {
+        self.checkpointed.clone()
     }
 
     /// What recovery found when the store opened.

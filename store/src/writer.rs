@@ -36,6 +36,8 @@ pub(crate) struct Shared {
     /// Set when the store is closing: retry loops give up instead of waiting for space.
     pub(crate) stopping: AtomicBool,
     status: watch::Sender<StoreStatus>,
+    /// The sequence number of the last committed checkpoint.
+    pub(crate) checkpointed: watch::Sender<u64>,
     /// The writer's and the flusher's current problem, if any.
     problems: Mutex<[Option<(bool, String)>; 2]>,
 }
@@ -47,8 +49,18 @@ pub(crate) enum Part {
 }
 
 impl Shared {
-    pub(crate) fn new(metrics: StoreMetrics, status: watch::Sender<StoreStatus>) -> Self {
-        Shared { metrics, stopping: AtomicBool::new(false), status, problems: Mutex::new([None, None]) }
+    pub(crate) fn new(
+        metrics: StoreMetrics,
+        status: watch::Sender<StoreStatus>,
+        checkpointed: watch::Sender<u64>,
+    ) -> Self {
+        Shared {
+            metrics,
+            stopping: AtomicBool::new(false),
+            status,
+            checkpointed,
+            problems: Mutex::new([None, None]),
+        }
     }
 
     /// Record `part`'s problem (`None`: it works) and publish the resulting status.
@@ -148,8 +160,11 @@ impl Writer {
         let mut maintenance = tokio::time::interval(MAINTENANCE_INTERVAL);
         maintenance.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut in_flight = false;
-        let mut last_flush = Instant::now();
+        let mut last_flush = tokio::time::Instant::now();
         loop {
+            // Wake at the flush deadline too, so an idle store flushes on time.
+            let flush_at = last_flush + self.cfg.flush_interval;
+            let flush_pending = !in_flight && self.has_news();
             // While a flush is in flight and rows pile up past twice the flush size, stop
             // taking input: producers wait rather than memory growing.
             let backlogged = in_flight && self.waiting_rows() >= 2 * self.cfg.flush_rows;
@@ -170,13 +185,14 @@ impl Writer {
                     None => break,
                 },
                 _ = maintenance.tick() => {}
+                () = tokio::time::sleep_until(flush_at), if flush_pending => {}
             }
             self.tick_if_due();
             let due =
                 last_flush.elapsed() >= self.cfg.flush_interval || self.waiting_rows() >= self.cfg.flush_rows;
             if !in_flight && due && self.has_news() {
                 in_flight = self.send_flush();
-                last_flush = Instant::now();
+                last_flush = tokio::time::Instant::now();
             }
             self.update_gauges();
         }
@@ -411,6 +427,7 @@ pub(crate) fn run_flusher(
             }
         };
         let Some(deletable) = deletable else { break };
+        shared.checkpointed.send_replace(job.seq);
         if done.blocking_send(FlushDone { deletable }).is_err() {
             break;
         }

@@ -99,6 +99,36 @@ fn rollup_rows(data: &Path, window: &str) -> Vec<(String, String, i64, u64, f64)
     rows
 }
 
+/// Check, at any moment, that every window in the files holds exactly the readings that
+/// belong to it (each once, none missing) and that no window was written twice. Valid while the
+/// writer runs: files appear by atomic rename, and a window is only written once it is closed,
+/// which happens after all its readings were written to the WAL.
+fn assert_windows_exact(data: &Path, end: u64) -> usize {
+    let mut n = 0;
+    for (window, w) in [("10s", 10 * S), ("1m", 60 * S)] {
+        let mut seen = HashSet::new();
+        for (d, m, start, count, sum) in rollup_rows(data, window) {
+            assert!(
+                seen.insert((d.clone(), m.clone(), start)),
+                "window {window} {d}/{m}@{start} written twice"
+            );
+            // Readings are 100 ms apart from BASE: those of this window are j in [lo, hi).
+            let (lo, hi) = (((start - BASE) / (S / 10)) as u64, ((start + w - BASE) / (S / 10)) as u64);
+            let js: Vec<u64> =
+                (lo..hi.min(end)).filter(|&j| series_of(j) == (d.clone(), m.clone())).collect();
+            assert_eq!(
+                (count, sum),
+                (js.len() as u64, js.iter().sum::<u64>() as f64),
+                "window {window} {d}/{m} starting {} s after BASE: (count, sum) differ; files: {:#?}",
+                (start - BASE) / S,
+                layout::parts(&data.join(layout::ROLLUPS)).into_iter().map(|p| p.0).collect::<Vec<_>>()
+            );
+            n += 1;
+        }
+    }
+    n
+}
+
 /// Check that readings `0..n` are each counted exactly once, in windows of both sizes, and
 /// that no window was written twice.
 fn assert_exactly_once(data: &Path, n: u64) {
@@ -125,14 +155,19 @@ fn assert_exactly_once(data: &Path, n: u64) {
     }
 }
 
-/// The child side of the SIGKILL test: write from FG_CHILD_START, printing each ack, until
-/// FG_CHILD_END; with FG_CHILD_FINAL, close all windows and shut down cleanly.
+/// The child side of the SIGKILL test. From FG_CHILD_START it writes FG_CHILD_BATCHES batches
+/// (a bounded amount in flight, as an MQTT broker's in-flight window bounds what it redelivers),
+/// printing each acknowledgement, then reports when a checkpoint covers them and waits to be
+/// killed. With FG_CHILD_END and FG_CHILD_FINAL it writes up to END, closes all windows and
+/// shuts down cleanly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_child_process() {
     // Only runs as the child of the SIGKILL test (see below); as a plain test it has no work.
     let Ok(dir) = std::env::var("FG_CHILD_DIR") else { return };
-    let start: u64 = std::env::var("FG_CHILD_START").unwrap().parse().unwrap();
-    let end: u64 = std::env::var("FG_CHILD_END").unwrap().parse().unwrap();
+    let var = |name: &str| std::env::var(name).ok().map(|v| v.parse::<u64>().unwrap());
+    let start = var("FG_CHILD_START").unwrap();
+    let final_end = var("FG_CHILD_END");
+    let batches = var("FG_CHILD_BATCHES").unwrap_or(u64::MAX);
     let mut c = cfg(Path::new(&dir));
     c.flush_interval = Duration::from_millis(20);
     c.segment_bytes = 16 << 10;
@@ -145,23 +180,38 @@ async fn crash_child_process() {
     let sink = store.sink();
     let mut out = std::io::stdout().lock();
     let r = store.recovery();
-    writeln!(out, "recovered {} {} {}", r.replayed_records, r.orphan_files, r.wal.torn_tail_bytes).unwrap();
-    let mut j = start;
-    while j < end {
+    writeln!(
+        out,
+        "\nrecovered {} {} {} {:?}",
+        r.replayed_records, r.orphan_files, r.wal.torn_tail_bytes, r.checkpoint_seq
+    )
+    .unwrap();
+    out.flush().unwrap();
+    let (mut j, mut last_seq) = (start, 0);
+    for _ in 0..batches {
+        if final_end.is_some_and(|end| j >= end) {
+            break;
+        }
         let n = 1 + (j % 8);
-        let batch: Vec<Reading> = (j..(j + n).min(end)).map(reading).collect();
+        let batch: Vec<Reading> = (j..(j + n).min(final_end.unwrap_or(u64::MAX))).map(reading).collect();
         let last = j + batch.len() as u64 - 1;
-        sink.submit(batch, Timestamp::now()).await.unwrap().await.unwrap();
+        last_seq = sink.submit(batch, Timestamp::now()).await.unwrap().await.unwrap().seq;
         writeln!(out, "acked {last}").unwrap();
         out.flush().unwrap();
         j = last + 1;
     }
-    if std::env::var("FG_CHILD_FINAL").is_ok() {
+    if let Some(end) = final_end {
         sink.submit(closers(end), Timestamp::now()).await.unwrap().await.unwrap();
         drop(sink);
         tokio::task::spawn_blocking(move || store.close()).await.unwrap();
         writeln!(out, "closed").unwrap();
+        return;
     }
+    let mut checkpointed = store.checkpointed();
+    checkpointed.wait_for(|&seq| seq >= last_seq).await.unwrap();
+    writeln!(out, "checkpointed").unwrap();
+    out.flush().unwrap();
+    std::future::pending::<()>().await;
 }
 
 struct Child {
@@ -170,16 +220,18 @@ struct Child {
 }
 
 impl Child {
-    fn spawn(dir: &Path, start: u64, end: u64, final_run: bool) -> Child {
+    fn spawn(dir: &Path, start: u64, batches: Option<u64>, end: Option<u64>) -> Child {
         let mut cmd = Command::new(std::env::current_exe().unwrap());
         cmd.args(["--exact", "crash_child_process", "--nocapture", "--test-threads", "1"])
             .env("FG_CHILD_DIR", dir)
             .env("FG_CHILD_START", start.to_string())
-            .env("FG_CHILD_END", end.to_string())
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
-        if final_run {
-            cmd.env("FG_CHILD_FINAL", "1");
+        if let Some(b) = batches {
+            cmd.env("FG_CHILD_BATCHES", b.to_string());
+        }
+        if let Some(e) = end {
+            cmd.env("FG_CHILD_END", e.to_string());
         }
         let mut child = cmd.spawn().unwrap();
         let stdout = child.stdout.take().unwrap();
@@ -198,7 +250,12 @@ impl Child {
     fn line(&self) -> Option<String> {
         loop {
             match self.lines.recv_timeout(WAIT) {
-                Ok(l) if l.starts_with("acked ") || l.starts_with("recovered ") || l == "closed" => {
+                Ok(l)
+                    if l.starts_with("acked ")
+                        || l.starts_with("recovered ")
+                        || l == "checkpointed"
+                        || l == "closed" =>
+                {
                     return Some(l);
                 }
                 Ok(_) => {}
@@ -224,43 +281,64 @@ fn acked(line: &str) -> Option<u64> {
 fn sigkill_at_random_points_loses_and_duplicates_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let seed: u64 = rand::rngs::StdRng::from_os_rng().random();
-    println!("seed {seed} (set FG_SEED to repeat)");
     let seed = std::env::var("FG_SEED").map_or(seed, |s| s.parse().unwrap());
+    println!("seed {seed} (set FG_SEED to repeat)");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut next = 0;
-    let mut replayed = 0;
+    let (mut next, mut furthest) = (0, 0);
+    let (mut replayed, mut from_checkpoint, mut windows_checked) = (0, 0, 0);
     const ROUNDS: usize = 30;
     for round in 0..ROUNDS {
-        let child = Child::spawn(dir.path(), next, u64::MAX, false);
+        // At most 40 batches (~180 readings, ~9 per series) unacknowledged at a kill: within
+        // the store's duplicate horizon, as a broker's in-flight window is.
+        let batches = rng.random_range(1..=40);
+        let child = Child::spawn(dir.path(), next, Some(batches), None);
         let recovered = child.line().unwrap_or_else(|| panic!("round {round}: child exited early"));
-        replayed += recovered.split(' ').nth(1).unwrap().parse::<u64>().unwrap();
-        // Kill after a random number of acknowledgements: with a 20 ms flush interval the
-        // kill lands anywhere (mid-append, mid-flush, mid-checkpoint).
-        let acks = rng.random_range(1..120);
-        for _ in 0..acks {
+        let fields: Vec<&str> = recovered.split(' ').collect();
+        assert_eq!(fields[0], "recovered", "{recovered}");
+        replayed += fields[1].parse::<u64>().unwrap();
+        from_checkpoint += u64::from(fields[4] != "None");
+        // After each restart's recovery the files are exact: no window twice, none short.
+        windows_checked += assert_windows_exact(dir.path(), u64::MAX);
+        // Kill after a random number of acks (the flusher runs every 20 ms, so the kill lands
+        // anywhere in a flush), or once a checkpoint covers everything sent.
+        let kill_after = if rng.random_bool(0.5) { Some(rng.random_range(1..=batches)) } else { None };
+        let mut acks = 0;
+        loop {
             let line = child.line().unwrap_or_else(|| panic!("round {round}: child exited early"));
-            next = acked(&line).unwrap() + 1;
+            if let Some(n) = acked(&line) {
+                next = n + 1;
+                furthest = furthest.max(n);
+                acks += 1;
+                if kill_after == Some(acks) {
+                    break;
+                }
+            } else if line == "checkpointed" {
+                break;
+            }
         }
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(child.child.id() as i32),
             nix::sys::signal::Signal::SIGKILL,
         )
         .unwrap();
+        // Batches past the last ack read may have reached the WAL before the kill.
+        furthest += 8 * (batches - acks);
         drop(child);
     }
     assert!(replayed > 0, "no kill left anything to replay: the test did not test recovery");
-    // A last, clean run to a known end, which closes every window and flushes.
-    let end = next + 40;
-    let child = Child::spawn(dir.path(), next, end, true);
+    assert!(from_checkpoint > 0, "no restart began from a checkpoint");
+    assert!(windows_checked > 0, "no window reached the files during the kill rounds");
+    // A last, clean run past everything any killed run may have written, which closes every
+    // window and flushes.
+    let end = furthest + 41;
+    let child = Child::spawn(dir.path(), next, None, Some(end));
     while let Some(line) = child.line() {
-        if line.starts_with("recovered ") {
-            continue;
-        }
         if line == "closed" {
             break;
         }
     }
     assert_exactly_once(dir.path(), end);
+    assert_windows_exact(dir.path(), end);
 }
 
 fn submit_all(store: &Store, batches: Vec<Vec<Reading>>) -> tokio::task::JoinHandle<usize> {

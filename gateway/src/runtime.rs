@@ -76,28 +76,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let mut registry = Registry::default();
     let metrics = GatewayMetrics::register(&mut registry);
     let store_metrics = StoreMetrics::register(&mut registry);
-    health.set("store", Status::Starting, "recovering from the WAL");
-    let store_config = config.store.clone();
-    let store = tokio::task::spawn_blocking(move || Store::open(store_config, store_metrics))
-        .await
-        .map_err(|e| RunError::TaskFailed { task: "store".into(), error: e.to_string() })??;
-    let recovery = store.recovery();
-    if recovery.wal.corrupt_regions + recovery.undecodable_records + recovery.damaged_checkpoints > 0 {
-        tracing::error!(
-            ?recovery,
-            "the store found damaged data at start; see the counts (data in damaged regions is lost)"
-        );
-    }
     let registry = Arc::new(registry);
-    let listener = tokio::net::TcpListener::bind(config.http.listen).await.map_err(|source| {
-        RunError::Bind { what: "HTTP (metrics, health)", addr: config.http.listen, source }
-    })?;
-    let http_addr = listener.local_addr().map_err(|source| RunError::Bind {
-        what: "HTTP (metrics, health)",
-        addr: config.http.listen,
-        source,
-    })?;
 
+    // HTTP first, so /healthz can say "store starting" during a long WAL recovery.
+    let http_error =
+        |source| RunError::Bind { what: "HTTP (metrics, health)", addr: config.http.listen, source };
+    let listener = tokio::net::TcpListener::bind(config.http.listen).await.map_err(http_error)?;
+    let http_addr = listener.local_addr().map_err(http_error)?;
     // Adapters submit here; the router forwards to the store. Sized like the store's queue:
     // one batch per message, poll or uplink.
     let (sink, submissions) = ReadingSink::channel(config.store.queue_batches);
@@ -117,9 +102,22 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         let health = health.clone();
         async move { crate::http::serve(listener, registry, health, stop).await.map_err(|e| e.to_string()) }
     });
+    health.set("http", Status::Up, format!("serving on {http_addr}"));
+
+    health.set("store", Status::Starting, "recovering from the WAL");
+    let store_config = config.store.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(store_config, store_metrics))
+        .await
+        .map_err(|e| RunError::TaskFailed { task: "store".into(), error: e.to_string() })??;
+    let recovery = store.recovery();
+    if recovery.wal.corrupt_regions + recovery.undecodable_records + recovery.damaged_checkpoints > 0 {
+        tracing::error!(
+            ?recovery,
+            "the store found damaged data at start; see the counts (data in damaged regions is lost)"
+        );
+    }
     running.spawn("router", crate::router::run(submissions, store.sink(), metrics, shutdown.clone()));
     running.spawn("store", watch_store(store, health.clone(), shutdown.clone()));
-    health.set("http", Status::Up, format!("serving on {http_addr}"));
     health.set("gateway", Status::Up, format!("gateway `{}` running", config.gateway.id));
     tracing::info!(gateway = %config.gateway.id, %http_addr, data_dir = %data_dir.display(), "gateway started");
     Ok(running)

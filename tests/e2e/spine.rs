@@ -91,6 +91,7 @@ fn serves_health_and_metrics_then_exits_cleanly_on_sigterm() {
     let health: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(health["healthy"], true);
     assert_eq!(health["components"]["http"]["status"], "up");
+    assert_eq!(health["components"]["store"]["status"], "up", "{body}");
 
     let (status, headers, metrics) = http_get(addr, "/metrics");
     assert_eq!(status, 200);
@@ -105,6 +106,7 @@ fn serves_health_and_metrics_then_exits_cleanly_on_sigterm() {
     gw.wait_for("gateway stopped cleanly");
     let status = gw.wait_exit();
     assert_eq!(status.code(), Some(0), "log:\n{}", gw.log());
+    assert!(dir.path().join("data/wal").is_dir(), "the store's WAL lives in the data dir");
 }
 
 #[test]
@@ -152,6 +154,8 @@ print(f"openmetrics_families||{len(strict)}")
     }
     assert_eq!(value("fieldgate_build_info", &format!("version={}", env!("CARGO_PKG_VERSION"))), 1.0);
     assert!(value("process_resident_memory_bytes", "") > 1_000_000.0);
+    assert_eq!(value("fieldgate_store_readings_total", "outcome=aggregated"), 0.0);
+    assert_eq!(value("fieldgate_store_recovery_corrupt_regions", ""), 0.0);
     assert!(value("process_start_time_seconds", "") > 1.7e9);
     assert!(value("openmetrics_families", "") >= 4.0);
 }

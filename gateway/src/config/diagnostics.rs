@@ -130,43 +130,28 @@ impl DocIndex {
         erase
     }
 
+    /// Record an entry whose erase ranges are filled in once its contents are walked.
+    fn open_entry(&mut self, path: &[Seg], key: Option<Range<usize>>, value: Option<Range<usize>>) -> usize {
+        self.entries.push(Entry { path: path.to_vec(), key, value, erase: Vec::new(), inline: false });
+        self.entries.len() - 1
+    }
+
     fn item(&mut self, key: Option<Range<usize>>, item: &Item, path: &mut Vec<Seg>) -> Vec<Range<usize>> {
         match item {
             Item::None => Vec::new(),
             Item::Value(v) => self.key_value(key, v, path, false),
             Item::Table(t) => {
-                let at = self.entries.len();
-                self.entries.push(Entry {
-                    path: path.clone(),
-                    key,
-                    value: t.span(),
-                    erase: Vec::new(),
-                    inline: false,
-                });
+                let at = self.open_entry(path, key, t.span());
                 let erase = self.table(t, path);
                 self.entries[at].erase = erase.clone();
                 erase
             }
             Item::ArrayOfTables(a) => {
-                let at = self.entries.len();
-                self.entries.push(Entry {
-                    path: path.clone(),
-                    key,
-                    value: a.span(),
-                    erase: Vec::new(),
-                    inline: false,
-                });
+                let at = self.open_entry(path, key, a.span());
                 let mut all = Vec::new();
                 for (i, t) in a.iter().enumerate() {
                     path.push(Seg::Index(i));
-                    let el = self.entries.len();
-                    self.entries.push(Entry {
-                        path: path.clone(),
-                        key: None,
-                        value: t.span(),
-                        erase: Vec::new(),
-                        inline: false,
-                    });
+                    let el = self.open_entry(path, None, t.span());
                     let erase = self.table(t, path);
                     self.entries[el].erase = erase.clone();
                     all.extend(erase);
@@ -192,33 +177,13 @@ impl DocIndex {
         };
         self.entries.push(Entry { path: path.clone(), key, value, erase: erase.clone(), inline });
         match v {
-            Value::InlineTable(t) => {
-                for (k, _) in t.iter() {
-                    let Some((key, item)) = t.get_key_value(k) else { continue };
-                    let Item::Value(inner) = item else { continue };
-                    path.push(Seg::Key(k.to_owned()));
-                    self.key_value(key.span(), inner, path, true);
-                    path.pop();
-                }
-            }
+            Value::InlineTable(t) => self.inline_table(t, path),
             Value::Array(a) => {
                 for (i, el) in a.iter().enumerate() {
                     path.push(Seg::Index(i));
-                    self.entries.push(Entry {
-                        path: path.clone(),
-                        key: None,
-                        value: el.span(),
-                        erase: Vec::new(),
-                        inline: false,
-                    });
+                    self.open_entry(path, None, el.span());
                     if let Value::InlineTable(t) = el {
-                        for (k, _) in t.iter() {
-                            let Some((key, item)) = t.get_key_value(k) else { continue };
-                            let Item::Value(inner) = item else { continue };
-                            path.push(Seg::Key(k.to_owned()));
-                            self.key_value(key.span(), inner, path, true);
-                            path.pop();
-                        }
+                        self.inline_table(t, path);
                     }
                     path.pop();
                 }
@@ -226,6 +191,15 @@ impl DocIndex {
             _ => {}
         }
         erase
+    }
+
+    fn inline_table(&mut self, t: &toml_edit::InlineTable, path: &mut Vec<Seg>) {
+        for (k, _) in t.iter() {
+            let Some((key, Item::Value(inner))) = t.get_key_value(k) else { continue };
+            path.push(Seg::Key(k.to_owned()));
+            self.key_value(key.span(), inner, path, true);
+            path.pop();
+        }
     }
 
     /// The entry an error span points at: a key exactly, else the innermost erasable entry

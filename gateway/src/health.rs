@@ -7,7 +7,8 @@
 
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
+use tokio::sync::watch;
 
 /// The state of one component.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -39,9 +40,15 @@ pub struct Report {
 }
 
 /// The health table, shared by every component (cheap to clone).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Health {
-    inner: Arc<Mutex<BTreeMap<String, Report>>>,
+    inner: Arc<watch::Sender<BTreeMap<String, Report>>>,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health { inner: Arc::new(watch::Sender::new(BTreeMap::new())) }
+    }
 }
 
 /// A snapshot of the health table, as served.
@@ -54,25 +61,38 @@ pub struct Snapshot {
 impl Health {
     /// Record a component's status; logs transitions.
     pub fn set(&self, component: &str, status: Status, detail: impl Into<String>) {
-        let detail = detail.into();
-        let mut table = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        let changed = table.get(component).is_none_or(|r| r.status != status);
-        if changed {
-            match status {
-                Status::Down => tracing::warn!(component, ?status, %detail, "component health changed"),
-                _ => tracing::info!(component, ?status, %detail, "component health changed"),
+        let report = Report { status, detail: detail.into() };
+        self.inner.send_if_modified(|table| {
+            if table.get(component) == Some(&report) {
+                return false;
             }
-        }
-        table.insert(component.to_owned(), Report { status, detail });
+            if table.get(component).is_none_or(|r| r.status != status) {
+                let detail = &report.detail;
+                match status {
+                    Status::Down => tracing::warn!(component, ?status, %detail, "component health changed"),
+                    _ => tracing::info!(component, ?status, %detail, "component health changed"),
+                }
+            }
+            table.insert(component.to_owned(), report);
+            true
+        });
     }
 
     /// The current table, and whether the gateway as a whole is healthy.
     pub fn snapshot(&self) -> Snapshot {
-        let components = self.inner.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let components = self.inner.borrow().clone();
         Snapshot {
             healthy: !components.is_empty() && components.values().all(|r| r.status.is_healthy()),
             components,
         }
+    }
+
+    /// Wait until `component` reports a status for which `f` holds (for embedding and tests).
+    pub async fn wait_for(&self, component: &str, f: impl Fn(Status) -> bool) -> Report {
+        let mut rx = self.inner.subscribe();
+        let found = rx.wait_for(|t| t.get(component).is_some_and(|r| f(r.status))).await;
+        // The sender lives as long as `self`, so the wait cannot fail.
+        found.map(|t| t[component].clone()).unwrap_or(Report { status: Status::Down, detail: String::new() })
     }
 }
 

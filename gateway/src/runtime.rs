@@ -56,6 +56,7 @@ pub struct Running {
     pub http_addr: SocketAddr,
     health: Health,
     sink: ReadingSink,
+    checkpointed: tokio::sync::watch::Receiver<u64>,
     tasks: JoinSet<TaskResult>,
     names: HashMap<Id, &'static str>,
     /// Tasks that serve (HTTP, gRPC): they stop last, once everything else has drained, so
@@ -90,6 +91,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         http_addr,
         health: health.clone(),
         sink,
+        // Replaced by the store's own once it has opened, below.
+        checkpointed: tokio::sync::watch::channel(0).1,
         tasks: JoinSet::new(),
         names: HashMap::new(),
         servers: HashSet::new(),
@@ -116,6 +119,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             "the store found damaged data at start; see the counts (data in damaged regions is lost)"
         );
     }
+    // Open means writing: say so before "gateway started", not when the watcher first runs.
+    health.set("store", Status::Up, "writing");
+    running.checkpointed = store.checkpointed();
     running.spawn("router", crate::router::run(submissions, store.sink(), metrics, shutdown.clone()));
     running.spawn("store", watch_store(store, health.clone(), shutdown.clone()));
     health.set("gateway", Status::Up, format!("gateway `{}` running", config.gateway.id));
@@ -164,6 +170,11 @@ impl Running {
     /// fieldgate and for tests).
     pub fn sink(&self) -> ReadingSink {
         self.sink.clone()
+    }
+
+    /// The WAL sequence number of the store's last committed checkpoint, as it changes.
+    pub fn checkpointed(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.checkpointed.clone()
     }
 
     fn spawn(&mut self, name: &'static str, task: impl Future<Output = TaskResult> + Send + 'static) -> Id {

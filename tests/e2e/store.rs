@@ -1,20 +1,24 @@
-//! The store's durability contract against real processes, real files and a real full disk.
+//! The store's durability contract, end to end: the gateway's runtime (router, store, HTTP)
+//! in a real process that is killed, on a real disk that fills up, and files read back by an
+//! independent reader.
 //!
-//! - `sigkill_at_random_points_loses_and_duplicates_nothing`: a child process writes and
-//!   prints each acknowledgement; it is killed with SIGKILL at random points many times and
-//!   restarted, re-sending whatever it had not seen acknowledged (as an MQTT client would).
-//!   At the end every acknowledged reading is counted exactly once in the rollups.
-//! - `a_full_disk_back_pressures_and_resumes`: a size-limited tmpfs fills up; acks stop, the
-//!   status says so, and once space returns everything resumes with nothing lost.
-//! - `duckdb_reads_the_files_with_hive_partitioning`: an independent reader sees exactly the
-//!   aggregates the test expects.
-#![allow(clippy::unwrap_used)]
+//! - `sigkill_at_random_points_loses_and_duplicates_nothing`: a child process runs the gateway,
+//!   feeds it through the same sink the protocol adapters use, and prints each acknowledgement;
+//!   it is killed with SIGKILL at random points many times and restarted, re-sending what it had
+//!   not seen acknowledged (as an MQTT broker redelivers its in-flight window). After every
+//!   restart the files are exact, and at the end every acknowledged reading is counted once.
+//! - `a_full_disk_back_pressures_and_resumes`: a size-limited tmpfs fills up; acks stop,
+//!   `/healthz` and `/metrics` say so, and once space returns everything resumes, nothing lost.
+//! - `duckdb_reads_the_files_with_hive_partitioning`: DuckDB sees exactly the expected aggregates.
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float64Type, TimestampNanosecondType, UInt64Type};
 use arrow_array::{Array, RecordBatch};
+use fieldgate::Config;
+use fieldgate::health::Status;
 use fieldgate_proto::{DeviceId, Metric, Quality, Reading, Source, Timestamp};
-use fieldgate_store::{Store, StoreConfig, StoreMetrics, StoreStatus, layout};
+use fieldgate_store::layout;
+use fieldgate_tests::{http_get, write_config};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, HashSet};
@@ -31,11 +35,23 @@ const DEVICES: u64 = 7;
 const METRICS: u64 = 3;
 const WAIT: Duration = Duration::from_secs(60);
 
-fn cfg(dir: &Path) -> StoreConfig {
-    let mut c = StoreConfig::new(dir);
-    c.windows = vec![Duration::from_secs(10), Duration::from_secs(60)];
-    c.allowed_lateness = Duration::from_secs(2);
-    c
+/// A gateway config with its data in `dir/data`, windows of 10 s and 1 min, 2 s lateness.
+fn gateway_config(dir: &Path) -> Config {
+    let path = write_config(
+        dir,
+        "\n[store]\nwindows = [\"10s\", \"1m\"]\nallowed_lateness = \"2s\"\nrecordings = true\n",
+    );
+    Config::load(&path).unwrap()
+}
+
+async fn start(config: Config) -> (fieldgate::Running, tokio_util::sync::CancellationToken) {
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    (fieldgate::start(config, shutdown.clone()).await.unwrap(), shutdown)
+}
+
+async fn stop(running: fieldgate::Running, shutdown: tokio_util::sync::CancellationToken) {
+    shutdown.cancel();
+    running.wait().await.unwrap();
 }
 
 /// Reading number `j`: series `j % 21`, 100 ms apart, value `j`.
@@ -165,29 +181,31 @@ async fn crash_child_process() {
     // Only runs as the child of the SIGKILL test (see below); as a plain test it has no work.
     let Ok(dir) = std::env::var("FG_CHILD_DIR") else { return };
     let var = |name: &str| std::env::var(name).ok().map(|v| v.parse::<u64>().unwrap());
-    let start = var("FG_CHILD_START").unwrap();
+    let start_at = var("FG_CHILD_START").unwrap();
     let final_end = var("FG_CHILD_END");
     let batches = var("FG_CHILD_BATCHES").unwrap_or(u64::MAX);
-    let mut c = cfg(Path::new(&dir));
-    c.flush_interval = Duration::from_millis(20);
-    c.segment_bytes = 16 << 10;
-    c.recordings = true;
-    let mut registry = prometheus_client::registry::Registry::default();
-    let store = tokio::task::spawn_blocking(move || Store::open(c, StoreMetrics::register(&mut registry)))
-        .await
-        .unwrap()
-        .unwrap();
-    let sink = store.sink();
+    let mut config = gateway_config(Path::new(&dir));
+    // Flushes every 20 ms and 16 KiB WAL segments (below what the config file allows), so
+    // kills land in flushes, checkpoints and segment rotations.
+    config.store.flush_interval = Duration::from_millis(20);
+    config.store.segment_bytes = 16 << 10;
+    let (running, shutdown) = start(config).await;
+    let sink = running.sink();
     let mut out = std::io::stdout().lock();
-    let r = store.recovery();
+    // The recovery report comes from the store's metrics, as an operator would read it.
+    let (_, _, metrics) = http_get(running.http_addr, "/metrics");
+    let gauge = |name: &str| {
+        metrics.lines().find(|l| l.starts_with(name)).and_then(|l| l.split(' ').nth(1)).unwrap().to_owned()
+    };
     writeln!(
         out,
-        "\nrecovered {} {} {} {:?}",
-        r.replayed_records, r.orphan_files, r.wal.torn_tail_bytes, r.checkpoint_seq
+        "\nrecovered {} {}",
+        gauge("fieldgate_store_recovery_replayed_records "),
+        *running.checkpointed().borrow()
     )
     .unwrap();
     out.flush().unwrap();
-    let (mut j, mut last_seq) = (start, 0);
+    let (mut j, mut last_seq) = (start_at, 0);
     for _ in 0..batches {
         if final_end.is_some_and(|end| j >= end) {
             break;
@@ -202,13 +220,11 @@ async fn crash_child_process() {
     }
     if let Some(end) = final_end {
         sink.submit(closers(end), Timestamp::now()).await.unwrap().await.unwrap();
-        drop(sink);
-        tokio::task::spawn_blocking(move || store.close()).await.unwrap();
+        stop(running, shutdown).await;
         writeln!(out, "closed").unwrap();
         return;
     }
-    let mut checkpointed = store.checkpointed();
-    checkpointed.wait_for(|&seq| seq >= last_seq).await.unwrap();
+    running.checkpointed().wait_for(|&seq| seq >= last_seq).await.unwrap();
     writeln!(out, "checkpointed").unwrap();
     out.flush().unwrap();
     std::future::pending::<()>().await;
@@ -222,7 +238,7 @@ struct Child {
 impl Child {
     fn spawn(dir: &Path, start: u64, batches: Option<u64>, end: Option<u64>) -> Child {
         let mut cmd = Command::new(std::env::current_exe().unwrap());
-        cmd.args(["--exact", "crash_child_process", "--nocapture", "--test-threads", "1"])
+        cmd.args(["--exact", "store::crash_child_process", "--nocapture", "--test-threads", "1"])
             .env("FG_CHILD_DIR", dir)
             .env("FG_CHILD_START", start.to_string())
             .stdout(Stdio::piped())
@@ -296,9 +312,9 @@ fn sigkill_at_random_points_loses_and_duplicates_nothing() {
         let fields: Vec<&str> = recovered.split(' ').collect();
         assert_eq!(fields[0], "recovered", "{recovered}");
         replayed += fields[1].parse::<u64>().unwrap();
-        from_checkpoint += u64::from(fields[4] != "None");
+        from_checkpoint += u64::from(fields[2] != "0");
         // After each restart's recovery the files are exact: no window twice, none short.
-        windows_checked += assert_windows_exact(dir.path(), u64::MAX);
+        windows_checked += assert_windows_exact(&dir.path().join("data"), u64::MAX);
         // Kill after a random number of acks (the flusher runs every 20 ms, so the kill lands
         // anywhere in a flush), or once a checkpoint covers everything sent.
         let kill_after = if rng.random_bool(0.5) { Some(rng.random_range(1..=batches)) } else { None };
@@ -337,12 +353,12 @@ fn sigkill_at_random_points_loses_and_duplicates_nothing() {
             break;
         }
     }
-    assert_exactly_once(dir.path(), end);
-    assert_windows_exact(dir.path(), end);
+    assert_exactly_once(&dir.path().join("data"), end);
+    assert_windows_exact(&dir.path().join("data"), end);
 }
 
-fn submit_all(store: &Store, batches: Vec<Vec<Reading>>) -> tokio::task::JoinHandle<usize> {
-    let sink = store.sink();
+fn submit_all(running: &fieldgate::Running, batches: Vec<Vec<Reading>>) -> tokio::task::JoinHandle<usize> {
+    let sink = running.sink();
     tokio::spawn(async move {
         let mut acked = 0;
         for b in batches {
@@ -372,21 +388,18 @@ async fn a_full_disk_back_pressures_and_resumes() {
     );
     let dir = tempfile::tempdir().unwrap();
     let status = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .args(["-t", "tmpfs", "-o", "size=3m", "tmpfs"])
         .arg(dir.path())
         .status()
         .unwrap();
     assert!(status.success(), "mount tmpfs failed");
     let _mount = Mount(dir.path().to_owned());
     let data = dir.path().join("data");
-
-    let mut c = cfg(&data);
-    c.flush_interval = Duration::from_secs(3600);
-    c.segment_bytes = 256 << 10;
-    let mut registry = prometheus_client::registry::Registry::default();
-    let metrics = StoreMetrics::register(&mut registry);
-    let store = Store::open(c.clone(), metrics.clone()).unwrap();
-    let mut status = store.status();
+    let mut config = gateway_config(dir.path());
+    config.store.recordings = false;
+    config.store.segment_bytes = 256 << 10;
+    config.store.flush_interval = Duration::from_secs(3600);
+    let (running, shutdown) = start(config).await;
 
     // Leave about 100 KiB free, then write ~600 KiB of WAL.
     let filler = dir.path().join("filler");
@@ -396,51 +409,50 @@ async fn a_full_disk_back_pressures_and_resumes() {
     const N: u64 = 24_000;
     let batches: Vec<Vec<Reading>> =
         (0..N).collect::<Vec<_>>().chunks(200).map(|c| c.iter().copied().map(reading).collect()).collect();
-    let writer = submit_all(&store, batches);
+    let writer = submit_all(&running, batches);
 
-    tokio::time::timeout(WAIT, status.wait_for(|s| matches!(s, StoreStatus::DiskFull(_))))
-        .await
-        .unwrap()
-        .unwrap();
+    let report =
+        tokio::time::timeout(WAIT, running.health().wait_for("store", |s| s == Status::Down)).await.unwrap();
+    assert!(report.detail.contains("no space left"), "{report:?}");
     assert!(!writer.is_finished(), "acks stop while the disk is full");
-    let mut out = String::new();
-    prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
-    assert!(
-        out.lines().any(|l| l.starts_with("fieldgate_store_write_errors_total{reason=\"no_space\"}")
-            && !l.ends_with(" 0")),
-        "{out}"
-    );
+    let (code, _, body) = http_get(running.http_addr, "/healthz");
+    assert_eq!(code, 503, "{body}");
+    let (_, _, metrics) = http_get(running.http_addr, "/metrics");
+    let no_space = metrics
+        .lines()
+        .find(|l| l.starts_with("fieldgate_store_write_errors_total{reason=\"no_space\"}"))
+        .unwrap();
+    assert!(!no_space.ends_with(" 0"), "{no_space}");
 
     std::fs::remove_file(&filler).unwrap();
-    tokio::time::timeout(WAIT, status.wait_for(|s| *s == StoreStatus::Ok)).await.unwrap().unwrap();
+    tokio::time::timeout(WAIT, running.health().wait_for("store", |s| s == Status::Up)).await.unwrap();
     let acked = tokio::time::timeout(WAIT, writer).await.unwrap().unwrap();
     assert_eq!(acked as u64, N, "every batch is acknowledged once space returns");
 
-    let sink = store.sink();
-    sink.submit(closers(N), Timestamp::now()).await.unwrap().await.unwrap();
-    drop(sink);
-    tokio::task::spawn_blocking(move || store.close()).await.unwrap();
+    running.sink().submit(closers(N), Timestamp::now()).await.unwrap().await.unwrap();
+    stop(running, shutdown).await;
     assert_exactly_once(&data, N);
 
     // The WAL holds no torn write from the failed attempts.
-    let reopened = Store::open(c, metrics).unwrap();
-    assert_eq!(reopened.recovery().wal.torn_tail_bytes, 0);
-    assert_eq!(reopened.recovery().wal.corrupt_regions, 0);
+    let (running, shutdown) = start(gateway_config(dir.path())).await;
+    let (_, _, metrics) = http_get(running.http_addr, "/metrics");
+    for gauge in ["fieldgate_store_recovery_torn_tail_bytes 0", "fieldgate_store_recovery_corrupt_regions 0"]
+    {
+        assert!(metrics.lines().any(|l| l == gauge), "{gauge} missing in\n{metrics}");
+    }
+    stop(running, shutdown).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duckdb_reads_the_files_with_hive_partitioning() {
     let dir = tempfile::tempdir().unwrap();
-    let mut c = cfg(dir.path());
-    c.recordings = true;
-    let mut registry = prometheus_client::registry::Registry::default();
-    let store = Store::open(c, StoreMetrics::register(&mut registry)).unwrap();
+    let (running, shutdown) = start(gateway_config(dir.path())).await;
     const N: u64 = 3000;
     let mut batches: Vec<Vec<Reading>> =
         (0..N).collect::<Vec<_>>().chunks(50).map(|c| c.iter().copied().map(reading).collect()).collect();
     batches.push(closers(N));
-    assert_eq!(submit_all(&store, batches).await.unwrap() as u64, N + DEVICES * METRICS);
-    tokio::task::spawn_blocking(move || store.close()).await.unwrap();
+    assert_eq!(submit_all(&running, batches).await.unwrap() as u64, N + DEVICES * METRICS);
+    stop(running, shutdown).await;
 
     let script = r#"
 import sys, duckdb
@@ -456,8 +468,12 @@ for row in duckdb.sql(q).fetchall():
 rec = duckdb.sql(f"select count(*), min(ts), typeof(min(ts)) from read_parquet('{root}/recordings/*/*.parquet', hive_partitioning = true) where ts < '2026-01-02'").fetchall()[0]
 print("recordings|" + "|".join(str(v) for v in rec))
 "#;
-    let out =
-        Command::new("python3").args(["-c", script]).arg(dir.path()).arg(N.to_string()).output().unwrap();
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .arg(dir.path().join("data"))
+        .arg(N.to_string())
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "duckdb failed (is it installed? .ci/install-test-deps installs it)\n{}",

@@ -8,6 +8,30 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const NANOS_PER_SEC: i64 = 1_000_000_000;
 
+fn is_leap(year: i64) -> bool {
+    year % 4 == 0 && (year % 100 != 0 || year % 400 == 0)
+}
+
+fn days_in_month(year: i64, month: i64) -> i64 {
+    match month {
+        2 if is_leap(year) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+pub(crate) fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 /// An instant in UTC, as nanoseconds since the Unix epoch.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Timestamp(i64);
@@ -96,11 +120,65 @@ impl Timestamp {
         Timestamp(self.0 - self.0.rem_euclid(w))
     }
 
-    /// Parse an RFC 3339 time in UTC (`Z`), with up to nanosecond precision.
+    /// Parse an RFC 3339 time: `2026-11-24T08:30:00Z`, with an optional fraction of up to
+    /// nanoseconds and a `Z` or `+HH:MM`/`-HH:MM` offset (a space may stand for the `T`, as
+    /// many loggers write it). The result is UTC.
     pub fn parse_rfc3339(s: &str) -> Result<Self, TimeError> {
-        let t = humantime::parse_rfc3339(s)
-            .map_err(|e| TimeError::Rfc3339 { input: s.to_owned(), reason: e.to_string() })?;
-        Self::try_from(t)
+        let err = |reason: &str| TimeError::Rfc3339 { input: s.to_owned(), reason: reason.to_owned() };
+        let b = s.as_bytes();
+        let num = |from: usize, len: usize| -> Result<i64, TimeError> {
+            let part = b.get(from..from + len).ok_or_else(|| err("too short"))?;
+            if !part.iter().all(u8::is_ascii_digit) {
+                return Err(err("expected digits"));
+            }
+            Ok(part.iter().fold(0, |n, d| n * 10 + i64::from(d - b'0')))
+        };
+        let sep = |at: usize, c: &[u8]| -> Result<(), TimeError> {
+            if b.get(at).is_some_and(|x| c.contains(x)) { Ok(()) } else { Err(err("unexpected separator")) }
+        };
+        let (year, month, day) = (num(0, 4)?, num(5, 2)?, num(8, 2)?);
+        sep(4, b"-")?;
+        sep(7, b"-")?;
+        sep(10, b"Tt ")?;
+        let (hour, minute, second) = (num(11, 2)?, num(14, 2)?, num(17, 2)?);
+        sep(13, b":")?;
+        sep(16, b":")?;
+        if !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) {
+            return Err(err("no such date"));
+        }
+        // 60 is a leap second; it is folded into the next second, as most systems do.
+        if hour > 23 || minute > 59 || second > 60 {
+            return Err(err("no such time of day"));
+        }
+        let mut at = 19;
+        let mut nanos = 0_i64;
+        if b.get(at) == Some(&b'.') {
+            at += 1;
+            let digits = b[at..].iter().take_while(|c| c.is_ascii_digit()).count();
+            if digits == 0 || digits > 9 {
+                return Err(err("the fraction needs 1 to 9 digits"));
+            }
+            nanos = num(at, digits)? * 10_i64.pow(9 - digits as u32);
+            at += digits;
+        }
+        let offset_s = match b.get(at) {
+            Some(b'Z' | b'z') if at + 1 == b.len() => 0,
+            Some(&sign @ (b'+' | b'-')) if at + 6 == b.len() => {
+                sep(at + 3, b":")?;
+                let (h, m) = (num(at + 1, 2)?, num(at + 4, 2)?);
+                if h > 23 || m > 59 {
+                    return Err(err("no such offset"));
+                }
+                (h * 3600 + m * 60) * if sign == b'-' { -1 } else { 1 }
+            }
+            _ => return Err(err("expected Z or an offset like +02:00 at the end")),
+        };
+        let days = days_from_civil(year, month, day);
+        let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset_s;
+        secs.checked_mul(NANOS_PER_SEC)
+            .and_then(|n| n.checked_add(nanos))
+            .map(Timestamp)
+            .ok_or(TimeError::OutOfRange)
     }
 
     /// The UTC calendar date of this instant, as (year, month 1-12, day 1-31).
@@ -194,6 +272,36 @@ mod tests {
         assert_eq!(t.as_nanos(), 1_795_509_000_123_456_789);
         assert_eq!(t.to_string(), "2026-11-24T08:30:00.123456789Z");
         assert_eq!(Timestamp::parse_rfc3339(&t.to_string()).unwrap(), t);
+    }
+
+    #[test]
+    fn rfc3339_with_offsets_fractions_and_spaces() {
+        let utc = Timestamp::parse_rfc3339("2026-11-24T08:30:00Z").unwrap();
+        let cases = [
+            ("2026-11-24T09:30:00+01:00", 0),
+            ("2026-11-24T03:00:00-05:30", 0),
+            ("2026-11-24 08:30:00Z", 0),
+            ("2026-11-24t08:30:00z", 0),
+            ("2026-11-24T08:30:00.5Z", 500_000_000),
+            ("2026-11-24T08:30:00.000000001Z", 1),
+        ];
+        for (s, extra) in cases {
+            assert_eq!(Timestamp::parse_rfc3339(s).unwrap().as_nanos(), utc.as_nanos() + extra, "{s}");
+        }
+        assert_eq!(Timestamp::parse_rfc3339("1969-12-31T23:59:59Z").unwrap().as_nanos(), -1_000_000_000);
+        assert_eq!(Timestamp::parse_rfc3339("2024-02-29T00:00:00Z").unwrap().date_string(), "2024-02-29");
+        for bad in [
+            "2026-02-29T00:00:00Z",
+            "2026-11-24T24:00:00Z",
+            "2026-11-24T08:30:00",
+            "2026-11-24T08:30:00+0100",
+            "2026-11-24T08:30:00.Z",
+            "2026-11-24T08:30:00.1234567890Z",
+            "2026-11-24",
+            "99999-01-01T00:00:00Z",
+        ] {
+            assert!(Timestamp::parse_rfc3339(bad).is_err(), "{bad} should be refused");
+        }
     }
 
     #[test]

@@ -119,21 +119,8 @@ mod tests {
 
 /// Days since the epoch of a `YYYY-MM-DD` date (the inverse of `Timestamp::date_string`).
 pub fn parse_date(s: &str) -> Option<i64> {
-    let mut it = s.splitn(3, '-');
-    let y: i64 = it.next()?.parse().ok()?;
-    let m: i64 = it.next()?.parse().ok()?;
-    let d: i64 = it.next()?.parse().ok()?;
-    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
-        return None;
-    }
-    // Howard Hinnant's days-from-civil.
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    Some(era * 146_097 + doe - 719_468)
+    let t = fieldgate_proto::Timestamp::parse_rfc3339(&format!("{s}T00:00:00Z")).ok()?;
+    Some(t.as_nanos().div_euclid(86_400_000_000_000))
 }
 
 #[cfg(test)]

@@ -1,0 +1,13 @@
+//! MQTT: turning what devices publish into readings.
+//!
+//! [`topic`] matches topics against mapping patterns (`fleet/{device}/telemetry`) and
+//! [`payload`] decodes payloads (JSON objects, plain numbers, booleans) into readings, with a
+//! bounded reason for every rejection. Both are pure functions over strings and bytes: the
+//! adapter decodes with them, field-sim encodes the same shapes, and both are tested without a
+//! broker.
+
+pub mod payload;
+pub mod topic;
+
+pub use payload::{Field, Mapping, PayloadFormat, Rejection, TimestampUnit, decode};
+pub use topic::{Captures, PatternError, TopicPattern};

@@ -17,13 +17,6 @@ pub struct SourceLabels {
     pub source: &'static str,
 }
 
-/// Labels naming why something was dropped or rejected.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabels {
-    pub source: &'static str,
-    pub reason: &'static str,
-}
-
 /// Labels naming an internal queue.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct QueueLabels {
@@ -40,8 +33,6 @@ struct BuildLabels {
 pub struct GatewayMetrics {
     /// Readings handed over by the adapters, per protocol.
     pub readings_received: Family<SourceLabels, Counter>,
-    /// Inputs rejected before they became readings (bad frame, bad payload), per protocol and reason.
-    pub inputs_rejected: Family<ReasonLabels, Counter>,
     /// Items waiting in each bounded internal queue.
     pub queue_depth: Family<QueueLabels, Gauge>,
     /// Capacity of each bounded internal queue.
@@ -53,7 +44,6 @@ impl GatewayMetrics {
     pub fn register(registry: &mut Registry) -> Self {
         let m = GatewayMetrics {
             readings_received: Family::default(),
-            inputs_rejected: Family::default(),
             queue_depth: Family::default(),
             queue_capacity: Family::default(),
         };
@@ -69,11 +59,6 @@ impl GatewayMetrics {
             "readings_received",
             "Readings handed over by the protocol adapters",
             m.readings_received.clone(),
-        );
-        r.register(
-            "inputs_rejected",
-            "Inputs rejected before they became readings, by reason",
-            m.inputs_rejected.clone(),
         );
         r.register("queue_depth", "Items waiting in a bounded internal queue", m.queue_depth.clone());
         r.register("queue_capacity", "Capacity of a bounded internal queue", m.queue_capacity.clone());

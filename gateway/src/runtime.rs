@@ -10,6 +10,7 @@
 use crate::config::Config;
 use crate::health::{Health, Status};
 use crate::metrics::GatewayMetrics;
+use fieldgate_adapters::{AdapterMetrics, LinkState};
 use fieldgate_proto::ReadingSink;
 use fieldgate_store::{Store, StoreMetrics, StoreStatus};
 use prometheus_client::registry::Registry;
@@ -77,6 +78,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let mut registry = Registry::default();
     let metrics = GatewayMetrics::register(&mut registry);
     let store_metrics = StoreMetrics::register(&mut registry);
+    let adapter_metrics = AdapterMetrics::register(&mut registry);
     let registry = Arc::new(registry);
 
     // HTTP first, so /healthz can say "store starting" during a long WAL recovery.
@@ -124,6 +126,14 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     running.checkpointed = store.checkpointed();
     running.spawn("router", crate::router::run(submissions, store.sink(), metrics, shutdown.clone()));
     running.spawn("store", watch_store(store, health.clone(), shutdown.clone()));
+    if let Some(mqtt) = config.mqtt.clone() {
+        let (state, link) = tokio::sync::watch::channel(LinkState::Connecting("starting".into()));
+        running.spawn("mqtt-health", report_link("mqtt", link, health.clone(), shutdown.clone()));
+        let (sink, metrics, stop) = (running.sink(), adapter_metrics.clone(), shutdown.clone());
+        running.spawn("mqtt", async move {
+            fieldgate_adapters::mqtt::run(mqtt, sink, metrics, state, stop).await.map_err(|e| e.to_string())
+        });
+    }
     health.set("gateway", Status::Up, format!("gateway `{}` running", config.gateway.id));
     tracing::info!(gateway = %config.gateway.id, %http_addr, data_dir = %data_dir.display(), "gateway started");
     Ok(running)
@@ -163,6 +173,26 @@ async fn watch_store(store: Store, health: Health, shutdown: CancellationToken) 
     }
     health.set("store", Status::Draining, "closed after the final checkpoint");
     Ok(())
+}
+
+/// Report an adapter's link state as its health until shutdown.
+async fn report_link(
+    component: &'static str,
+    mut link: tokio::sync::watch::Receiver<LinkState>,
+    health: Health,
+    shutdown: CancellationToken,
+) -> TaskResult {
+    loop {
+        match link.borrow_and_update().clone() {
+            LinkState::Connecting(d) => health.set(component, Status::Starting, d),
+            LinkState::Up(d) => health.set(component, Status::Up, d),
+            LinkState::Down(d) => health.set(component, Status::Down, d),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            changed = link.changed() => if changed.is_err() { return Ok(()) },
+        }
+    }
 }
 
 impl Running {
@@ -290,6 +320,7 @@ mod tests {
             },
             http: HttpConfig { listen: SocketAddr::from(([127, 0, 0, 1], 0)) },
             store: fieldgate_store::StoreConfig::new(dir.join("data")),
+            mqtt: None,
         }
     }
 

@@ -7,4 +7,8 @@
 //! writes. Wire formats are decoded and encoded by pure functions over bytes, shared with
 //! field-sim (which encodes what adapters decode).
 
+pub mod backoff;
+pub mod metrics;
 pub mod mqtt;
+
+pub use metrics::{AdapterMetrics, LinkState};

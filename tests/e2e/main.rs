@@ -2,5 +2,6 @@
 //! one), one module per capability.
 #![allow(clippy::unwrap_used)]
 
+mod mqtt;
 mod spine;
 mod store;

@@ -11,15 +11,11 @@
 //!   `/healthz` and `/metrics` say so, and once space returns everything resumes, nothing lost.
 //! - `duckdb_reads_the_files_with_hive_partitioning`: DuckDB sees exactly the expected aggregates.
 
-use arrow_array::cast::AsArray;
-use arrow_array::types::{Float64Type, TimestampNanosecondType, UInt64Type};
-use arrow_array::{Array, RecordBatch};
 use fieldgate::Config;
 use fieldgate::health::Status;
 use fieldgate_proto::{DeviceId, Metric, Quality, Reading, Source, Timestamp};
 use fieldgate_store::layout;
-use fieldgate_tests::{http_get, write_config};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use fieldgate_tests::{http_get, rollup_rows, write_config};
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
@@ -79,40 +75,6 @@ fn closers(after: u64) -> Vec<Reading> {
 
 fn series_of(j: u64) -> (String, String) {
     (format!("dev-{}", j % DEVICES), format!("m{}", (j / DEVICES) % METRICS))
-}
-
-/// (device, metric, window_start, count, sum) of every rollup row of one window size.
-fn rollup_rows(data: &Path, window: &str) -> Vec<(String, String, i64, u64, f64)> {
-    let mut rows = Vec::new();
-    let dir = data.join(layout::ROLLUPS).join(format!("window={window}"));
-    for (path, _, _) in layout::parts(&dir) {
-        let file = std::fs::File::open(&path).unwrap();
-        let reader = ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap();
-        for batch in reader {
-            let b: RecordBatch = batch.unwrap();
-            let strings = |name: &str| -> Vec<String> {
-                let col = b.column_by_name(name).unwrap();
-                let cast = arrow_array::cast::as_dictionary_array::<arrow_array::types::Int32Type>(col);
-                let values = cast.values().as_string::<i32>();
-                cast.keys().iter().map(|k| values.value(k.unwrap() as usize).to_owned()).collect()
-            };
-            let (devices, metrics) = (strings("device"), strings("metric"));
-            let starts = b.column_by_name("window_start").unwrap().as_primitive::<TimestampNanosecondType>();
-            let counts = b.column_by_name("count").unwrap().as_primitive::<UInt64Type>();
-            let sums = b.column_by_name("sum").unwrap().as_primitive::<Float64Type>();
-            for i in 0..b.num_rows() {
-                assert!(!starts.is_null(i));
-                rows.push((
-                    devices[i].clone(),
-                    metrics[i].clone(),
-                    starts.value(i),
-                    counts.value(i),
-                    sums.value(i),
-                ));
-            }
-        }
-    }
-    rows
 }
 
 /// Check, at any moment, that every window in the files holds exactly the readings that

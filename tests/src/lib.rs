@@ -180,3 +180,145 @@ pub fn python(script: &str, stdin: &str) -> String {
     );
     String::from_utf8(out.stdout).unwrap()
 }
+
+/// A mosquitto broker on a free loopback port, killed when dropped.
+#[derive(Debug)]
+pub struct Mosquitto {
+    child: Child,
+    pub port: u16,
+    conf: PathBuf,
+}
+
+impl Mosquitto {
+    /// Start mosquitto with its config in `dir` (in-memory, anonymous, a generous queue for
+    /// offline persistent sessions, the default in-flight window of 20).
+    pub fn start(dir: &Path) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 1000000\nmax_inflight_messages 20\n"),
+        )
+        .unwrap();
+        let child = Self::spawn(&conf);
+        let m = Mosquitto { child, port, conf };
+        m.wait_listening();
+        m
+    }
+
+    fn spawn(conf: &Path) -> Child {
+        Command::new("mosquitto")
+            .arg("-c")
+            .arg(conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto is needed by this test (.ci/install-test-deps installs it)")
+    }
+
+    /// Wait until the port accepts connections (the broker's readiness event).
+    fn wait_listening(&self) {
+        let deadline = Instant::now() + EVENT_TIMEOUT;
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "mosquitto did not listen on {}", self.port);
+            std::thread::park_timeout(Duration::from_millis(10));
+        }
+    }
+
+    /// Stop the broker (SIGKILL, as a crash would) and start it again on the same port.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Self::spawn(&self.conf);
+        self.wait_listening();
+    }
+
+    /// Publish one message per line to `topic` at QoS 1 with `mosquitto_pub -l`.
+    pub fn publish_lines(&self, topic: &str, lines: &[String]) {
+        let mut child = Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-q", "1", "-t", topic, "-l"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("mosquitto_pub is needed by this test (.ci/install-test-deps installs it)");
+        let mut stdin = child.stdin.take().unwrap();
+        for l in lines {
+            writeln!(stdin, "{l}").unwrap();
+        }
+        drop(stdin);
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "mosquitto_pub failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The value of the first `/metrics` sample whose line starts with `prefix` (name and labels).
+pub fn metric(addr: SocketAddr, prefix: &str) -> Option<f64> {
+    let (_, _, body) = http_get(addr, "/metrics");
+    body.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Wait until the `/metrics` sample starting with `prefix` reaches `at_least` (polling the
+/// gateway's own counter, with a deadline: the counter is the event).
+pub fn wait_metric(addr: SocketAddr, prefix: &str, at_least: f64) -> f64 {
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    loop {
+        let v = metric(addr, prefix).unwrap_or(0.0);
+        if v >= at_least {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{prefix} stayed at {v}, below {at_least}, for {EVENT_TIMEOUT:?}");
+        std::thread::park_timeout(Duration::from_millis(20));
+    }
+}
+
+/// (device, metric, window_start, count, sum) of every rollup row of one window size, read
+/// from the Parquet files under `data_dir`.
+pub fn rollup_rows(data_dir: &Path, window: &str) -> Vec<(String, String, i64, u64, f64)> {
+    use arrow_array::Array;
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{Float64Type, Int32Type, TimestampNanosecondType, UInt64Type};
+    let mut rows = Vec::new();
+    let dir = data_dir.join(fieldgate_store::layout::ROLLUPS).join(format!("window={window}"));
+    for (path, _, _) in fieldgate_store::layout::parts(&dir) {
+        let file = std::fs::File::open(&path).unwrap();
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .build()
+            .unwrap();
+        for batch in reader {
+            let b = batch.unwrap();
+            let strings = |name: &str| -> Vec<String> {
+                let dict =
+                    arrow_array::cast::as_dictionary_array::<Int32Type>(b.column_by_name(name).unwrap());
+                let values = dict.values().as_string::<i32>();
+                dict.keys().iter().map(|k| values.value(k.unwrap() as usize).to_owned()).collect()
+            };
+            let (devices, metrics) = (strings("device"), strings("metric"));
+            let starts = b.column_by_name("window_start").unwrap().as_primitive::<TimestampNanosecondType>();
+            let counts = b.column_by_name("count").unwrap().as_primitive::<UInt64Type>();
+            let sums = b.column_by_name("sum").unwrap().as_primitive::<Float64Type>();
+            for i in 0..b.num_rows() {
+                assert!(!starts.is_null(i));
+                rows.push((
+                    devices[i].clone(),
+                    metrics[i].clone(),
+                    starts.value(i),
+                    counts.value(i),
+                    sums.value(i),
+                ));
+            }
+        }
+    }
+    rows
+}

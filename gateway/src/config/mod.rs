@@ -15,7 +15,8 @@ pub use diagnostics::{ConfigErrors, Location, Problem};
 pub use secret::{Secret, SecretSpec};
 pub use units::{ByteSize, HumanDuration};
 
-use fieldgate_proto::DeviceId;
+use fieldgate_adapters::mqtt::{Field, Mapping, MqttSettings, PayloadFormat, TimestampUnit, TopicPattern};
+use fieldgate_proto::{DeviceId, Metric};
 use fieldgate_store::{Retention, StoreConfig};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -28,6 +29,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// The store's settings (its `data_dir` is the gateway's).
     pub store: StoreConfig,
+    /// The MQTT client, when `[mqtt]` is configured.
+    pub mqtt: Option<MqttSettings>,
 }
 
 #[derive(Debug, Clone)]
@@ -86,10 +89,16 @@ impl Validator {
         self.problems.push((path.to_owned(), message.into()));
     }
 
-    fn config(&mut self, raw: raw::RawConfig, base: &Path, _env: &dyn Fn(&str) -> Option<String>) -> Config {
+    fn config(&mut self, raw: raw::RawConfig, base: &Path, env: &dyn Fn(&str) -> Option<String>) -> Config {
         let gateway = self.gateway(raw.gateway, base);
         let store = self.store(raw.store, &gateway.data_dir);
-        Config { gateway, http: HttpConfig { listen: self.address("http.listen", &raw.http.listen) }, store }
+        let mqtt = raw.mqtt.map(|m| self.mqtt(m, &gateway.id, env));
+        Config {
+            gateway,
+            http: HttpConfig { listen: self.address("http.listen", &raw.http.listen) },
+            store,
+            mqtt,
+        }
     }
 
     fn gateway(&mut self, raw: raw::RawGateway, base: &Path) -> GatewayConfig {
@@ -187,6 +196,142 @@ impl Validator {
             queue_batches: self.count("store.queue", raw.queue, 1, 1_000_000),
             retention,
         }
+    }
+
+    fn mqtt(
+        &mut self,
+        raw: raw::RawMqtt,
+        gateway_id: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> MqttSettings {
+        const S: Duration = Duration::from_secs(1);
+        if raw.host.is_empty() {
+            self.problem("mqtt.host", "give the broker's host name or address");
+        }
+        let client_id = raw.client_id.unwrap_or_else(|| format!("fieldgate-{gateway_id}"));
+        if client_id.is_empty() || client_id.len() > 128 || !client_id.chars().all(|c| c.is_ascii_graphic()) {
+            self.problem("mqtt.client_id", "use 1 to 128 printable ASCII characters without spaces");
+        }
+        let password = raw.password.and_then(|p| match p.resolve(env) {
+            Ok(secret) => Some(secret.expose().to_owned()),
+            Err(e) => {
+                self.problem("mqtt.password", e);
+                None
+            }
+        });
+        if password.is_some() && raw.username.is_none() {
+            self.problem("mqtt.password", "a password needs a `username`");
+        }
+        // rumqttc panics on a keep-alive under one second: refuse it here.
+        let keep_alive = self.duration("mqtt.keep_alive", raw.keep_alive, S, Duration::from_secs(3600));
+        let reconnect_min = self.duration(
+            "mqtt.reconnect_min",
+            raw.reconnect_min,
+            Duration::from_millis(10),
+            Duration::from_secs(600),
+        );
+        let reconnect_max =
+            self.duration("mqtt.reconnect_max", raw.reconnect_max, reconnect_min, Duration::from_secs(3600));
+        let max_payload = raw.max_payload.0;
+        if !(16..=256 << 20).contains(&max_payload) {
+            self.problem(
+                "mqtt.max_payload",
+                format!("must be between 16B and 256MiB, got {}", raw.max_payload),
+            );
+        }
+        if raw.mappings.is_empty() {
+            self.problem("mqtt", "add at least one [[mqtt.mapping]] saying which topics carry readings");
+        }
+        let mappings = raw
+            .mappings
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, m)| self.mapping(&format!("mqtt.mapping[{i}]"), m, max_payload as usize))
+            .collect();
+        MqttSettings {
+            host: raw.host,
+            port: raw.port,
+            client_id,
+            username: raw.username,
+            password,
+            keep_alive,
+            reconnect_min,
+            reconnect_max,
+            // Room for the payload plus the topic and the packet header.
+            max_packet: max_payload as usize + 64 * 1024,
+            mappings,
+        }
+    }
+
+    fn mapping(&mut self, path: &str, raw: raw::RawMapping, max_payload: usize) -> Option<Mapping> {
+        let topic = match TopicPattern::parse(&raw.topic) {
+            Ok(t) => t,
+            Err(e) => {
+                self.problem(&format!("{path}.topic"), e.to_string());
+                return None;
+            }
+        };
+        let device = raw.device.as_deref().and_then(|d| match DeviceId::new(d) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.problem(&format!("{path}.device"), e.to_string());
+                None
+            }
+        });
+        if !topic.has_device() && raw.device.is_none() {
+            self.problem(
+                &format!("{path}.topic"),
+                format!("`{topic}` has no {{device}} level; add one or give `device = \"...\"`"),
+            );
+        }
+        let metric = raw.metric.as_deref().and_then(|m| match Metric::new(m) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                self.problem(&format!("{path}.metric"), e.to_string());
+                None
+            }
+        });
+        let format = match raw.format {
+            raw::RawFormat::Json => PayloadFormat::Json,
+            raw::RawFormat::Number => PayloadFormat::Number,
+            raw::RawFormat::Bool => PayloadFormat::Bool,
+        };
+        let pointer = |p: &str| if p.starts_with('/') { p.to_owned() } else { format!("/{p}") };
+        let mut fields = Vec::new();
+        for (name, at) in &raw.fields {
+            match Metric::new(name) {
+                Ok(metric) => fields.push(Field { metric, pointer: pointer(at) }),
+                Err(e) => self.problem(&format!("{path}.fields.{name}"), e.to_string()),
+            }
+        }
+        if format != PayloadFormat::Json {
+            for (key, set) in [("fields", !raw.fields.is_empty()), ("timestamp", raw.timestamp.is_some())] {
+                if set {
+                    self.problem(
+                        &format!("{path}.{key}"),
+                        "only JSON payloads have fields; remove it or use format = \"json\"",
+                    );
+                }
+            }
+        }
+        let timestamp_unit = match raw.timestamp_unit {
+            raw::RawTimestampUnit::Auto => TimestampUnit::Auto,
+            raw::RawTimestampUnit::Rfc3339 => TimestampUnit::Rfc3339,
+            raw::RawTimestampUnit::S => TimestampUnit::Seconds,
+            raw::RawTimestampUnit::Ms => TimestampUnit::Millis,
+            raw::RawTimestampUnit::Us => TimestampUnit::Micros,
+            raw::RawTimestampUnit::Ns => TimestampUnit::Nanos,
+        };
+        Some(Mapping {
+            topic,
+            format,
+            device,
+            metric,
+            fields,
+            timestamp: raw.timestamp.as_deref().map(pointer),
+            timestamp_unit,
+            max_payload,
+        })
     }
 
     fn count(&mut self, path: &str, v: usize, min: usize, max: usize) -> usize {

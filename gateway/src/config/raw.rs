@@ -1,6 +1,7 @@
 //! The config file as written: serde structs that mirror the TOML, with defaults next to
 //! their fields. `validate` turns them into the runtime types of [`super`].
 
+use super::secret::SecretSpec;
 use super::units::{ByteSize, HumanDuration};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -15,6 +16,7 @@ pub(crate) struct RawConfig {
     pub(crate) http: RawHttp,
     #[serde(default)]
     pub(crate) store: RawStore,
+    pub(crate) mqtt: Option<RawMqtt>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -109,4 +111,85 @@ pub(crate) struct RawRetention {
     pub(crate) rollups: BTreeMap<String, HumanDuration>,
     pub(crate) recordings: Option<HumanDuration>,
     pub(crate) max_disk: Option<ByteSize>,
+}
+
+/// `[mqtt]`: the gateway's client of an MQTT broker (mosquitto, EMQX, ...).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMqtt {
+    pub(crate) host: String,
+    #[serde(default = "default_mqtt_port")]
+    pub(crate) port: u16,
+    /// The session's identity on the broker; must stay the same across restarts for the broker
+    /// to keep unacknowledged messages. Default: `fieldgate-<gateway id>`.
+    pub(crate) client_id: Option<String>,
+    pub(crate) username: Option<String>,
+    pub(crate) password: Option<SecretSpec>,
+    #[serde(default = "default_keep_alive")]
+    pub(crate) keep_alive: HumanDuration,
+    #[serde(default = "default_reconnect_min")]
+    pub(crate) reconnect_min: HumanDuration,
+    #[serde(default = "default_reconnect_max")]
+    pub(crate) reconnect_max: HumanDuration,
+    #[serde(default = "default_max_payload")]
+    pub(crate) max_payload: ByteSize,
+    #[serde(default, rename = "mapping")]
+    pub(crate) mappings: Vec<RawMapping>,
+}
+
+fn default_mqtt_port() -> u16 {
+    1883
+}
+
+fn default_keep_alive() -> HumanDuration {
+    d(30)
+}
+
+fn default_reconnect_min() -> HumanDuration {
+    d(1)
+}
+
+fn default_reconnect_max() -> HumanDuration {
+    d(60)
+}
+
+fn default_max_payload() -> ByteSize {
+    ByteSize(64 << 10)
+}
+
+/// `[[mqtt.mapping]]`: which topics carry readings and how to read them.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMapping {
+    pub(crate) topic: String,
+    #[serde(default)]
+    pub(crate) format: RawFormat,
+    pub(crate) device: Option<String>,
+    pub(crate) metric: Option<String>,
+    #[serde(default)]
+    pub(crate) fields: BTreeMap<String, String>,
+    pub(crate) timestamp: Option<String>,
+    #[serde(default)]
+    pub(crate) timestamp_unit: RawTimestampUnit,
+}
+
+#[derive(Debug, Default, Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum RawFormat {
+    #[default]
+    Json,
+    Number,
+    Bool,
+}
+
+#[derive(Debug, Default, Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum RawTimestampUnit {
+    #[default]
+    Auto,
+    Rfc3339,
+    S,
+    Ms,
+    Us,
+    Ns,
 }

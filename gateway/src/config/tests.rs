@@ -218,3 +218,74 @@ rollups = { "5m" = "7d" }
     );
     assert_eq!(problems[0].0, 6);
 }
+
+#[test]
+fn mqtt_settings_parse_with_secrets_from_the_environment() {
+    let src = r#"
+[gateway]
+id = "farm"
+
+[mqtt]
+host = "broker.local"
+username = "gw"
+password = { env = "FG_MQTT_PASSWORD" }
+
+[[mqtt.mapping]]
+topic = "fleet/{device}/telemetry"
+timestamp = "ts"
+
+[[mqtt.mapping]]
+topic = "sensors/{device}/{metric}"
+format = "number"
+"#;
+    let env = |k: &str| (k == "FG_MQTT_PASSWORD").then(|| "hunter2".to_owned());
+    let c = Config::parse(src, Path::new("/etc/fieldgate/fieldgate.toml"), &env).unwrap();
+    let m = c.mqtt.unwrap();
+    assert_eq!((m.host.as_str(), m.port, m.client_id.as_str()), ("broker.local", 1883, "fieldgate-farm"));
+    assert_eq!(m.password.as_deref(), Some("hunter2"));
+    assert_eq!(m.mappings.len(), 2);
+    assert_eq!(m.mappings[0].timestamp.as_deref(), Some("/ts"), "a plain field name becomes a JSON pointer");
+
+    let problems = errors(src).problems;
+    assert_eq!(problems.len(), 1);
+    assert_eq!(problems[0].path, "mqtt.password");
+    assert!(problems[0].message.contains("`FG_MQTT_PASSWORD` is not set"), "{problems:?}");
+}
+
+#[test]
+fn mqtt_mistakes_are_explained() {
+    let src = r#"
+[gateway]
+id = "farm"
+
+[mqtt]
+host = "broker.local"
+keep_alive = "500ms"
+
+[[mqtt.mapping]]
+topic = "fleet/+/telemetry"
+
+[[mqtt.mapping]]
+topic = "a/#/b"
+
+[[mqtt.mapping]]
+topic = "s/{device}"
+format = "number"
+fields = { level = "/l" }
+
+[[mqtt.mapping]]
+topic = "x/{device}"
+format = "xml"
+"#;
+    let texts: Vec<String> = located(src).into_iter().map(|p| format!("{}: {}", p.0, p.2)).collect();
+    assert_eq!(
+        texts,
+        vec![
+            "7: mqtt.keep_alive: must be at least 1s, got 500ms",
+            "10: mqtt.mapping[0].topic: `fleet/+/telemetry` has no {device} level; add one or give `device = \"...\"`",
+            "13: mqtt.mapping[1].topic: `#` must be the last level of `a/#/b`",
+            "18: mqtt.mapping[2].fields: only JSON payloads have fields; remove it or use format = \"json\"",
+            "22: mqtt.mapping[3].format: unknown variant `xml`, expected one of `json`, `number`, `bool`",
+        ]
+    );
+}

@@ -6,8 +6,10 @@
 //! adapter decodes with them, field-sim encodes the same shapes, and both are tested without a
 //! broker.
 
+pub mod client;
 pub mod payload;
 pub mod topic;
 
+pub use client::{MqttError, MqttSettings, run};
 pub use payload::{Field, Mapping, PayloadFormat, Rejection, TimestampUnit, decode};
 pub use topic::{Captures, PatternError, TopicPattern};

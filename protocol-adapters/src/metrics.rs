@@ -1,0 +1,99 @@
+//! The adapters' metrics and link states.
+//!
+//! `fieldgate_inputs_rejected_total{source, reason}` counts every input an adapter could not
+//! turn into readings, with a bounded reason; logs of rejections are rate-limited per reason,
+//! so a misconfigured device publishing garbage ten times a second does not flood the journal.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+/// The state of an adapter's link (broker connection, serial line, UDP socket).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkState {
+    Connecting(String),
+    Up(String),
+    Down(String),
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InputLabels {
+    pub source: &'static str,
+    pub reason: &'static str,
+}
+
+/// When each (source, reason) was last logged, and how many were not logged since.
+type LogState = HashMap<(&'static str, &'static str), (Instant, u64)>;
+
+/// At most one log line per reason in this interval; the rest are counted and summarised.
+const LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Metrics shared by the adapters (cheap to clone).
+#[derive(Debug, Clone)]
+pub struct AdapterMetrics {
+    pub inputs_rejected: Family<InputLabels, Counter>,
+    pub mqtt_messages: Counter,
+    pub mqtt_connected: Gauge,
+    pub mqtt_reconnects: Counter,
+    pub mqtt_unacked: Gauge,
+    logged: Arc<Mutex<LogState>>,
+}
+
+impl AdapterMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = AdapterMetrics {
+            inputs_rejected: Family::default(),
+            mqtt_messages: Counter::default(),
+            mqtt_connected: Gauge::default(),
+            mqtt_reconnects: Counter::default(),
+            mqtt_unacked: Gauge::default(),
+            logged: Arc::default(),
+        };
+        let r = registry.sub_registry_with_prefix("fieldgate");
+        r.register(
+            "inputs_rejected",
+            "Inputs an adapter could not turn into readings, by protocol and reason",
+            m.inputs_rejected.clone(),
+        );
+        r.register("mqtt_messages", "MQTT messages received", m.mqtt_messages.clone());
+        r.register("mqtt_connected", "1 while connected to the MQTT broker", m.mqtt_connected.clone());
+        r.register(
+            "mqtt_reconnects",
+            "MQTT connections lost (each followed by a reconnect with backoff)",
+            m.mqtt_reconnects.clone(),
+        );
+        r.register(
+            "mqtt_unacked",
+            "MQTT messages received and not yet acknowledged (waiting for the store)",
+            m.mqtt_unacked.clone(),
+        );
+        m
+    }
+
+    /// Count a rejected input and log it, at most once per `LOG_INTERVAL` per (source,
+    /// reason); the log line says how many were not logged since the last one.
+    pub fn rejected(
+        &self,
+        source: &'static str,
+        reason: &'static str,
+        place: &str,
+        why: &dyn std::fmt::Display,
+    ) {
+        self.inputs_rejected.get_or_create(&InputLabels { source, reason }).inc();
+        let mut logged = self.logged.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        match logged.get_mut(&(source, reason)) {
+            Some((last, suppressed)) if now.duration_since(*last) < LOG_INTERVAL => *suppressed += 1,
+            entry => {
+                let suppressed = entry.map_or(0, |e| std::mem::take(&mut e.1));
+                logged.insert((source, reason), (now, 0));
+                tracing::warn!(source, reason, place, suppressed, "input rejected: {why}");
+            }
+        }
+    }
+}

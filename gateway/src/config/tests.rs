@@ -243,6 +243,7 @@ format = "number"
     let m = c.mqtt.unwrap();
     assert_eq!((m.host.as_str(), m.port, m.client_id.as_str()), ("broker.local", 1883, "fieldgate-farm"));
     assert_eq!(m.password.as_deref(), Some("hunter2"));
+    assert!(!format!("{m:?}").contains("hunter2"), "Debug must not show the password");
     assert_eq!(m.mappings.len(), 2);
     assert_eq!(m.mappings[0].timestamp.as_deref(), Some("/ts"), "a plain field name becomes a JSON pointer");
 

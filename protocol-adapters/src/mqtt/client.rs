@@ -29,8 +29,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-/// Where and how to connect, and what to subscribe to.
-#[derive(Debug, Clone)]
+/// Where and how to connect, and what to subscribe to. `Debug` never shows the password.
+#[derive(Clone)]
 pub struct MqttSettings {
     pub host: String,
     pub port: u16,
@@ -44,6 +44,23 @@ pub struct MqttSettings {
     /// stop them earlier).
     pub max_packet: usize,
     pub mappings: Vec<Mapping>,
+}
+
+impl std::fmt::Debug for MqttSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MqttSettings")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("client_id", &self.client_id)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("keep_alive", &self.keep_alive)
+            .field("reconnect_min", &self.reconnect_min)
+            .field("reconnect_max", &self.reconnect_max)
+            .field("max_packet", &self.max_packet)
+            .field("mappings", &self.mappings)
+            .finish()
+    }
 }
 
 /// Why the MQTT source stopped.

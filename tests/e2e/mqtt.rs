@@ -53,10 +53,10 @@ fn publish(broker: &Mosquitto, range: std::ops::Range<u64>) {
     }
 }
 
-/// One message per device an hour later, closing every window before it.
+/// One message per device a day later, closing every window before it.
 fn publish_closers(broker: &Mosquitto) {
     for device in 0..5 {
-        let line = format!(r#"{{"ts": {}, "fill_kg": 0}}"#, BASE_MS + 3_600_000);
+        let line = format!(r#"{{"ts": {}, "fill_kg": 0}}"#, BASE_MS + 86_400_000);
         broker.publish_lines(&format!("fleet/dev-{device}/telemetry"), &[line]);
     }
 }

@@ -39,6 +39,9 @@ pub fn bin(name: &str) -> PathBuf {
 pub struct GatewayProcess {
     child: Child,
     events: Receiver<serde_json::Value>,
+    /// Every event received so far, and how many of each message `wait_for` has returned.
+    seen: Vec<serde_json::Value>,
+    returned: std::collections::HashMap<String, usize>,
     log: Arc<Mutex<Vec<String>>>,
 }
 
@@ -68,7 +71,7 @@ impl GatewayProcess {
                 log2.lock().unwrap().push(line);
             }
         });
-        GatewayProcess { child, events, log }
+        GatewayProcess { child, events, seen: Vec::new(), returned: std::collections::HashMap::new(), log }
     }
 
     /// Everything the process wrote to stderr so far.
@@ -76,19 +79,25 @@ impl GatewayProcess {
         self.log.lock().unwrap().join("\n")
     }
 
-    /// Wait for the first log event whose `message` is `message`, and return it.
+    /// Wait for the next log event whose `message` is `message` that no earlier `wait_for`
+    /// returned, whenever it was logged (events logged while waiting for another message are
+    /// kept, not skipped), and return it.
     pub fn wait_for(&mut self, message: &str) -> serde_json::Value {
+        let want = self.returned.get(message).copied().unwrap_or(0);
         let deadline = Instant::now() + EVENT_TIMEOUT;
         loop {
+            if let Some(e) = self.seen.iter().filter(|e| e["message"] == message).nth(want) {
+                let e = e.clone();
+                self.returned.insert(message.to_owned(), want + 1);
+                return e;
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             match self.events.recv_timeout(left) {
-                Ok(e) if e["message"] == message => return e,
-                Ok(_) => {}
+                Ok(e) => self.seen.push(e),
                 Err(RecvTimeoutError::Timeout) => {
                     panic!("no `{message}` event within {EVENT_TIMEOUT:?}; log:\n{}", self.log())
                 }
                 Err(RecvTimeoutError::Disconnected) => {
-                    // The reader thread may still be flushing the last lines into the log.
                     let status = self.child.wait().unwrap();
                     panic!("fieldgate exited ({status}) before `{message}`; log:\n{}", self.log())
                 }
@@ -233,22 +242,45 @@ impl Mosquitto {
         self.wait_listening();
     }
 
-    /// Publish one message per line to `topic` at QoS 1 with `mosquitto_pub -l`.
+    /// Publish one message per line to `topic` at QoS 1 with paho-mqtt, returning once the
+    /// broker acknowledged every one (`mosquitto_pub -l` can exit 0 having dropped the tail of
+    /// a large batch, as FIELD-NOTES warns).
     pub fn publish_lines(&self, topic: &str, lines: &[String]) {
-        let mut child = Command::new("mosquitto_pub")
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-q", "1", "-t", topic, "-l"])
+        let script = r#"
+import sys
+import paho.mqtt.client as mqtt
+port, topic = int(sys.argv[1]), sys.argv[2]
+c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+c.max_inflight_messages_set(100)
+c.max_queued_messages_set(0)
+c.connect("127.0.0.1", port)
+c.loop_start()
+sent = [c.publish(topic, line.rstrip("\n"), qos=1) for line in sys.stdin]
+for s in sent:
+    s.wait_for_publish(timeout=60)
+    assert s.is_published(), "the broker did not acknowledge a message"
+c.disconnect()
+c.loop_stop()
+"#;
+        let mut input = String::new();
+        for l in lines {
+            input.push_str(l);
+            input.push('\n');
+        }
+        let mut child = Command::new("python3")
+            .args(["-c", script, &self.port.to_string(), topic])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("mosquitto_pub is needed by this test (.ci/install-test-deps installs it)");
-        let mut stdin = child.stdin.take().unwrap();
-        for l in lines {
-            writeln!(stdin, "{l}").unwrap();
-        }
-        drop(stdin);
+            .expect("python3 is needed by this test");
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
         let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "mosquitto_pub failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "publishing failed (is paho-mqtt installed? .ci/install-test-deps installs it): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 

@@ -70,15 +70,6 @@ impl ReadingSink {
         Ok(Ack(rx))
     }
 
-    /// Hand over a batch without waiting for its durability.
-    pub async fn submit_unacked(
-        &self,
-        readings: Vec<Reading>,
-        received: Timestamp,
-    ) -> Result<(), IngestError> {
-        self.tx.send(Submission { readings, received, ack: None }).await.map_err(|_| IngestError::Closed)
-    }
-
     /// Pass on a submission as it is, ack and all (the router forwards to the store this way).
     pub async fn forward(&self, submission: Submission) -> Result<(), IngestError> {
         self.tx.send(submission).await.map_err(|_| IngestError::Closed)

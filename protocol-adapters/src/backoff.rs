@@ -19,8 +19,9 @@ impl Backoff {
         Backoff { min, max: max.max(min), attempt: 0, rng: SmallRng::from_os_rng() }
     }
 
-    /// A backoff with a fixed seed (for reproducible tests and simulations).
-    pub fn seeded(min: Duration, max: Duration, seed: u64) -> Self {
+    /// A backoff with a fixed seed, so the test below is reproducible.
+    #[cfg(test)]
+    fn seeded(min: Duration, max: Duration, seed: u64) -> Self {
         Backoff { rng: SmallRng::seed_from_u64(seed), ..Backoff::new(min, max) }
     }
 

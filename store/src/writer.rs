@@ -457,21 +457,22 @@ pub(crate) fn run_flusher(
 /// file names.
 fn flush(cfg: &StoreConfig, m: &StoreMetrics, job: &mut FlushJob) -> std::io::Result<u64> {
     let started = Instant::now();
-    let mut files = [0u64; 2];
+    let mut written = [0u64; 2];
     for (window_ns, rows) in &mut job.rollups {
         if !rows.is_empty() {
-            files[0] += files::write_rollups(&cfg.data_dir, *window_ns, rows, job.seq, cfg.row_group_rows)?
+            written[0] += files::write_rollups(&cfg.data_dir, *window_ns, rows, job.seq, cfg.row_group_rows)?
                 .len() as u64;
         }
     }
     if !job.recordings.is_empty() {
-        files[1] += files::write_recordings(&cfg.data_dir, &mut job.recordings, job.seq, cfg.row_group_rows)?
-            .len() as u64;
+        written[1] +=
+            files::write_recordings(&cfg.data_dir, &mut job.recordings, job.seq, cfg.row_group_rows)?.len()
+                as u64;
     }
     let deletable = checkpoint::write(&cfg.data_dir.join(layout::STATE), job.seq, &job.state)?;
     let rows = [job.rollups.iter().map(|(_, r)| r.len() as u64).sum(), job.recordings.len() as u64];
     for (k, kind) in ["rollup", "recording"].into_iter().enumerate() {
-        m.files_written.get_or_create(&KindLabels { kind }).inc_by(files[k]);
+        m.files_written.get_or_create(&KindLabels { kind }).inc_by(written[k]);
         m.rows_written.get_or_create(&KindLabels { kind }).inc_by(rows[k]);
     }
     m.checkpoints.inc();

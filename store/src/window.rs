@@ -13,21 +13,21 @@
 //!   aggregated; they still reach the recordings. Never silently dropped.
 //! - **Idle close.** A series that receives nothing for `idle_close` (by arrival time) has its
 //!   open windows closed, so a device that went quiet still gets its last windows written.
-//! - **Duplicates.** A reading is identified by (device, metric, timestamp). The last
-//!   [`RECENT`] timestamps of each series are remembered, so a batch the broker redelivers after
-//!   a crash (it is at most the unacknowledged in-flight window) is not counted twice.
+//! - **One lateness rule for all sizes.** A reading is late for every size once its window of
+//!   the finest size has closed, so every window size aggregates the same readings (sixty 1 min
+//!   rows add up to their 1 h row) and duplicate detection needs to cover only the finest size.
+//! - **Duplicates.** A reading is identified by (device, metric, timestamp). Every timestamp in
+//!   a series' open windows of the finest size is remembered, so a reading the broker redelivers
+//!   after a crash, however many were in flight, is either recognised (its window is open) or
+//!   late (its window closed, so it was counted then): never counted twice. The cost is 8 bytes
+//!   per reading of the open finest windows (a 1 Hz series with 1 min windows: about 1 KB).
 //! - NaN and infinite values, bad-quality readings and timestamps beyond `max_clock_skew` ahead
 //!   of arrival are not aggregated, and each is counted.
 
 use crate::codec::{Dec, Enc, Malformed};
 use fieldgate_proto::{DeviceId, Metric, Quality, Reading, Timestamp};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
-
-/// Timestamps remembered per series for duplicate detection. MQTT brokers hold at most their
-/// in-flight window unacknowledged per client (mosquitto: 20), and the gateway acknowledges in
-/// order, so redelivered messages of one series fit in 32.
-pub const RECENT: usize = 32;
 
 /// One closed (or, for queries, still open) window of one series.
 #[derive(Debug, Clone, PartialEq)]
@@ -120,9 +120,8 @@ struct Series {
     metric: Metric,
     max_ts: i64,
     last_arrival: i64,
-    recent: [i64; RECENT],
-    recent_len: usize,
-    recent_next: usize,
+    /// Timestamps in the open windows of the finest size, ascending.
+    seen: VecDeque<i64>,
     sizes: Vec<PerSize>,
 }
 
@@ -133,21 +132,31 @@ impl Series {
             metric,
             max_ts: i64::MIN,
             last_arrival: i64::MIN,
-            recent: [0; RECENT],
-            recent_len: 0,
-            recent_next: 0,
+            seen: VecDeque::new(),
             sizes: vec![PerSize { closed_until: i64::MIN, open: Vec::new() }; n_sizes],
         }
     }
 
-    fn seen(&self, ts: i64) -> bool {
-        self.recent[..self.recent_len].contains(&ts)
+    /// Remember `ts`; false if it was already remembered (a duplicate).
+    fn remember(&mut self, ts: i64) -> bool {
+        // Readings of a series mostly arrive in order, so this is usually a push at the back.
+        if self.seen.back().is_none_or(|&last| last < ts) {
+            self.seen.push_back(ts);
+            return true;
+        }
+        match self.seen.binary_search(&ts) {
+            Ok(_) => false,
+            Err(at) => {
+                self.seen.insert(at, ts);
+                true
+            }
+        }
     }
 
-    fn remember(&mut self, ts: i64) {
-        self.recent[self.recent_next] = ts;
-        self.recent_next = (self.recent_next + 1) % RECENT;
-        self.recent_len = (self.recent_len + 1).min(RECENT);
+    /// Forget timestamps before `until` (their finest windows closed).
+    fn forget_before(&mut self, until: i64) {
+        let n = self.seen.partition_point(|&t| t < until);
+        self.seen.drain(..n);
     }
 
     fn has_open(&self) -> bool {
@@ -172,6 +181,8 @@ fn ns(d: Duration) -> i64 {
 #[derive(Debug)]
 pub struct Windows {
     sizes: Vec<i64>,
+    /// Index of the finest size, which decides lateness and duplicates for all sizes.
+    finest: usize,
     lateness: i64,
     idle: i64,
     skew: i64,
@@ -183,8 +194,10 @@ pub struct Windows {
 impl Windows {
     pub fn new(settings: &WindowSettings) -> Self {
         let sizes: Vec<i64> = settings.sizes.iter().map(|d| ns(*d)).collect();
+        let finest = (0..sizes.len()).min_by_key(|&k| sizes[k]).unwrap_or(0);
         Windows {
             closed: vec![Vec::new(); sizes.len()],
+            finest,
             sizes,
             lateness: ns(settings.allowed_lateness),
             idle: ns(settings.idle_close),
@@ -231,20 +244,29 @@ impl Windows {
             let (sizes, lateness) = (&self.sizes, self.lateness);
             let s = &mut self.series[i];
             s.last_arrival = s.last_arrival.max(received);
-            if s.seen(ts) {
+            let late = |k: usize, s: &Series| {
+                let end = (ts - ts.rem_euclid(sizes[k])).saturating_add(sizes[k]);
+                end.saturating_add(lateness) <= s.max_ts || end <= s.sizes[k].closed_until
+            };
+            if sizes.is_empty() {
+                continue;
+            }
+            if late(self.finest, s) {
+                out.late.iter_mut().for_each(|l| *l += 1);
+                continue;
+            }
+            if !s.remember(ts) {
                 out.duplicate += 1;
                 continue;
             }
-            s.remember(ts);
             let mut aggregated = false;
             for (k, &size) in sizes.iter().enumerate() {
                 let start = ts - ts.rem_euclid(size);
-                let end = start.saturating_add(size);
-                let per = &mut s.sizes[k];
-                if end.saturating_add(lateness) <= s.max_ts || end <= per.closed_until {
+                if late(k, s) {
                     out.late[k] += 1;
                     continue;
                 }
+                let per = &mut s.sizes[k];
                 aggregated = true;
                 match per.open.binary_search_by_key(&start, |a| a.start) {
                     Ok(j) => per.open[j].add(ts, r.value),
@@ -274,6 +296,10 @@ impl Windows {
                 per.closed_until = per.closed_until.max(a.start.saturating_add(size));
                 self.closed[k].push(rollup(&s.device, &s.metric, size, &a));
             }
+        }
+        if let Some(per) = s.sizes.get(self.finest) {
+            let until = per.open.first().map_or(per.closed_until, |a| a.start);
+            s.forget_before(until);
         }
     }
 
@@ -356,11 +382,9 @@ impl Windows {
             enc.name(s.metric.as_str());
             enc.i64(s.max_ts);
             enc.i64(s.last_arrival);
-            enc.u8(s.recent_len as u8);
-            for j in 0..s.recent_len {
-                // Oldest first, so that decoding re-remembers them in order.
-                let at = (s.recent_next + RECENT - s.recent_len + j) % RECENT;
-                enc.i64(s.recent[at]);
+            enc.u64(s.seen.len() as u64);
+            for &ts in &s.seen {
+                enc.i64(ts);
             }
             for per in &s.sizes {
                 enc.i64(per.closed_until);
@@ -412,8 +436,8 @@ impl Windows {
             let s = &mut w.series[i];
             s.max_ts = dec.i64()?;
             s.last_arrival = dec.i64()?;
-            let n_recent = usize::from(dec.u8()?).min(RECENT);
-            for _ in 0..n_recent {
+            let n_seen = dec.u64()?;
+            for _ in 0..n_seen {
                 let ts = dec.i64()?;
                 s.remember(ts);
             }

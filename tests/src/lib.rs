@@ -242,46 +242,61 @@ impl Mosquitto {
         self.wait_listening();
     }
 
-    /// Publish one message per line to `topic` at QoS 1 with paho-mqtt, returning once the
-    /// broker acknowledged every one (`mosquitto_pub -l` can exit 0 having dropped the tail of
-    /// a large batch, as FIELD-NOTES warns).
+    /// Publish one message per line to `topic` (see [`mqtt_publish`]).
     pub fn publish_lines(&self, topic: &str, lines: &[String]) {
-        let script = r#"
+        let messages: Vec<(String, String)> = lines.iter().map(|l| (topic.to_owned(), l.clone())).collect();
+        mqtt_publish(self.port, &messages);
+    }
+}
+
+/// Publish `(topic, payload)` messages in order at QoS 1 with paho-mqtt to a broker on
+/// `port`, returning once the broker acknowledged every one (`mosquitto_pub -l` can exit 0
+/// having dropped the tail of a large batch, as FIELD-NOTES warns). The client reconnects by
+/// itself and re-sends what was not acknowledged, as a device would, so it rides out a broker
+/// that restarts (the embedded one, when the gateway is killed).
+pub fn mqtt_publish(port: u16, messages: &[(String, String)]) {
+    let script = r#"
 import sys
 import paho.mqtt.client as mqtt
-port, topic = int(sys.argv[1]), sys.argv[2]
+port = int(sys.argv[1])
 c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
 c.max_inflight_messages_set(100)
 c.max_queued_messages_set(0)
+c.reconnect_delay_set(min_delay=0.05, max_delay=0.5)
 c.connect("127.0.0.1", port)
 c.loop_start()
-sent = [c.publish(topic, line.rstrip("\n"), qos=1) for line in sys.stdin]
+sent = []
+for line in sys.stdin:
+    topic, payload = line.rstrip("\n").split("\t", 1)
+    sent.append(c.publish(topic, payload, qos=1))
 for s in sent:
-    s.wait_for_publish(timeout=60)
+    s.wait_for_publish(timeout=120)
     assert s.is_published(), "the broker did not acknowledge a message"
 c.disconnect()
 c.loop_stop()
 "#;
-        let mut input = String::new();
-        for l in lines {
-            input.push_str(l);
-            input.push('\n');
-        }
-        let mut child = Command::new("python3")
-            .args(["-c", script, &self.port.to_string(), topic])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("python3 is needed by this test");
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "publishing failed (is paho-mqtt installed? .ci/install-test-deps installs it): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+    let mut input = String::new();
+    for (topic, payload) in messages {
+        assert!(!topic.contains('\t') && !payload.contains(['\t', '\n']), "one message per line");
+        input.push_str(topic);
+        input.push('\t');
+        input.push_str(payload);
+        input.push('\n');
     }
+    let mut child = Command::new("python3")
+        .args(["-c", script, &port.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 is needed by this test");
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "publishing failed (is paho-mqtt installed? .ci/install-test-deps installs it): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 impl Drop for Mosquitto {

@@ -6,9 +6,8 @@
 //! store has made its readings durable, in the order the messages arrived (MQTT requires it).
 //! A gateway killed mid-stream therefore gets every unacknowledged message again from the
 //! broker, and the store recognises the readings it already had by (device, metric, timestamp)
-//! among the last 32 of each series. Known limit, being worked on: under a fast stream the
-//! acknowledged-but-not-yet-PUBACKed backlog can exceed that horizon (the broker may also grant
-//! hundreds of messages in flight), so redelivery after a kill can count some readings twice.
+//! (every timestamp of its open windows is remembered), so none is counted twice however many
+//! the broker had in flight.
 //! A message that cannot be decoded is counted, logged and acknowledged, so the broker does
 //! not redeliver it forever.
 //!
@@ -23,10 +22,9 @@ use crate::backoff::Backoff;
 use crate::metrics::{AdapterMetrics, LinkState};
 use fieldgate_proto::{Ack, IngestError, ReadingSink, Timestamp};
 use futures_util::stream::{FuturesOrdered, StreamExt};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS, SubscribeFilter};
-use std::collections::VecDeque;
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, Publish, QoS, SubscribeFilter};
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 /// Where and how to connect, and what to subscribe to. `Debug` never shows the password.
@@ -82,13 +80,26 @@ fn options(s: &MqttSettings) -> MqttOptions {
     o
 }
 
+/// What the poller saw, for the task that owns the acknowledgements.
+enum Seen {
+    Publish(Publish),
+    Connected { session_present: bool },
+    Subscribed,
+    Lost(String),
+}
+
+/// How long a clean shutdown waits for the store to make the last messages durable, so that
+/// they are acknowledged and not redelivered to the next session.
+const DRAIN: Duration = Duration::from_secs(5);
+
 /// Run the MQTT source until `shutdown`. Readings go to `sink`; the link state to `state`.
 ///
-/// One task owns the event loop, the acknowledgements waiting for the store, and the client's
-/// request channel. It never awaits a channel that only it drains: acks and subscriptions are
-/// queued with `try_*` and retried after the next poll (which empties the request channel).
-/// Waiting on the store's queue while it is full is the one deliberate stall: it is the
-/// back-pressure, and the broker redelivers if the connection drops meanwhile.
+/// Two tasks. The poller owns rumqttc's event loop and never stops polling it (a poll that is
+/// cancelled, or not resumed while other work waits, can leave PUBACKs unsent); it waits with
+/// backoff between connection attempts and runs the watchdog. This task takes what arrives,
+/// hands it to the store and sends each PUBACK once its batch is durable, in arrival order.
+/// The poller's channel is unbounded, yet bounded in practice by what the broker may have in
+/// flight unacknowledged, which is all that can arrive while this task waits for the store.
 pub async fn run(
     settings: MqttSettings,
     sink: ReadingSink,
@@ -96,86 +107,134 @@ pub async fn run(
     state: watch::Sender<LinkState>,
     shutdown: CancellationToken,
 ) -> Result<(), MqttError> {
-    let (client, mut eventloop) = AsyncClient::new(options(&settings), 256);
+    let (client, eventloop) = AsyncClient::new(options(&settings), 64);
     let broker = format!("{}:{}", settings.host, settings.port);
     let filters: Vec<SubscribeFilter> =
         settings.mappings.iter().map(|m| SubscribeFilter::new(m.topic.filter(), QoS::AtLeastOnce)).collect();
-    let mut backoff = Backoff::new(settings.reconnect_min, settings.reconnect_max);
-    let watchdog = settings.keep_alive * 2;
+    let (seen_tx, mut seen) = mpsc::unbounded_channel();
+    let stop_polling = CancellationToken::new();
+    let poller =
+        tokio::spawn(poll(eventloop, seen_tx, settings.clone(), metrics.clone(), stop_polling.clone()));
     // PUBACKs go out in arrival order (MQTT requires it), each once its batch is durable, or at
     // once when the message was rejected.
     let mut pending: FuturesOrdered<Pending> = FuturesOrdered::new();
-    let mut to_ack: VecDeque<Publish> = VecDeque::new();
-    let mut to_subscribe = false;
     state.send_replace(LinkState::Connecting(format!("connecting to {broker}")));
 
     let result = loop {
-        // Queued requests go out whenever the request channel has room.
-        while let Some(p) = to_ack.front() {
-            if client.try_ack(p).is_err() {
-                break;
-            }
-            to_ack.pop_front();
-        }
-        if to_subscribe && client.try_subscribe_many(filters.clone()).is_ok() {
-            to_subscribe = false;
-        }
-        metrics.mqtt_unacked.set((pending.len() + to_ack.len()) as i64);
-
-        let polled = tokio::select! {
+        metrics.mqtt_unacked.set(pending.len() as i64);
+        tokio::select! {
             biased;
             () = shutdown.cancelled() => break Ok(()),
-            Some(done) = pending.next() => {
-                match done {
-                    Ok(publish) => to_ack.push_back(publish),
-                    Err(e) => break Err(MqttError::Store(e)),
-                }
-                continue;
-            }
-            polled = tokio::time::timeout(watchdog, eventloop.poll()) => polled,
-        };
-        match polled {
-            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
-                metrics.mqtt_messages.inc();
-                let received = Timestamp::now();
-                match decode(&settings.mappings, &p.topic, &p.payload, received) {
-                    Ok(readings) => match sink.submit(readings, received).await {
-                        Ok(ack) => pending.push_back(Pending::Store(ack, Some(p))),
-                        Err(e) => break Err(MqttError::Store(e)),
-                    },
-                    Err(rejection) => {
-                        metrics.rejected("mqtt", rejection.reason(), &p.topic, &rejection);
-                        pending.push_back(Pending::Ready(Some(p)));
+            Some(done) = pending.next() => match done {
+                // An error means the event loop is gone; the poller reports why.
+                Ok(publish) => { let _ = client.ack(&publish).await; }
+                Err(e) => break Err(MqttError::Store(e)),
+            },
+            event = seen.recv() => match event {
+                Some(Seen::Publish(p)) => {
+                    metrics.mqtt_messages.inc();
+                    let received = Timestamp::now();
+                    match decode(&settings.mappings, &p.topic, &p.payload, received) {
+                        Ok(readings) => match sink.submit(readings, received).await {
+                            Ok(ack) => pending.push_back(Pending::Store(ack, Some(p))),
+                            Err(e) => break Err(MqttError::Store(e)),
+                        },
+                        Err(rejection) => {
+                            metrics.rejected("mqtt", rejection.reason(), &p.topic, &rejection);
+                            pending.push_back(Pending::Ready(Some(p)));
+                        }
                     }
                 }
+                Some(Seen::Connected { session_present }) => {
+                    tracing::info!(%broker, session_present, "mqtt connected");
+                    if session_present {
+                        // The broker kept our subscriptions and redelivers what we did not ack.
+                        state.send_replace(LinkState::Up(format!("connected to {broker}")));
+                    } else {
+                        // A new session: the old one's messages and subscriptions are gone, so
+                        // nothing pending can be acknowledged on this connection.
+                        pending = FuturesOrdered::new();
+                        let _ = client.subscribe_many(filters.clone()).await;
+                        state.send_replace(LinkState::Connecting(format!("connected to {broker}, subscribing")));
+                    }
+                }
+                Some(Seen::Subscribed) => {
+                    let names: Vec<&str> = filters.iter().map(|f| f.path.as_str()).collect();
+                    tracing::info!(filters = ?names, "mqtt subscribed");
+                    state.send_replace(LinkState::Up(format!("subscribed at {broker}")));
+                }
+                Some(Seen::Lost(why)) => {
+                    tracing::warn!(reason = %why, "mqtt disconnected; will reconnect with backoff");
+                    state.send_replace(LinkState::Down(why));
+                }
+                None => break Ok(()),
+            },
+        }
+    };
+
+    // Acknowledge what the store makes durable within the drain time, then disconnect: the
+    // broker redelivers only what is still unacknowledged to the next session.
+    let drained = tokio::time::timeout(DRAIN, async {
+        while let Some(Ok(publish)) = pending.next().await {
+            if client.ack(&publish).await.is_err() {
+                break;
             }
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            unacked = pending.len(),
+            "mqtt: the store did not confirm every message in time; the broker will redeliver them"
+        );
+    }
+    let _ = client.disconnect().await;
+    // The poller ends once the DISCONNECT is written (or at once if not connected).
+    if tokio::time::timeout(Duration::from_secs(2), async {
+        stop_polling.cancel();
+        poller.await
+    })
+    .await
+    .is_err()
+    {
+        tracing::warn!("mqtt: the connection did not close in time");
+    }
+    metrics.mqtt_unacked.set(0);
+    metrics.mqtt_connected.set(0);
+    result
+}
+
+/// Poll the event loop until told to stop, forwarding what matters; reconnect with backoff.
+async fn poll(
+    mut eventloop: EventLoop,
+    seen: mpsc::UnboundedSender<Seen>,
+    settings: MqttSettings,
+    metrics: AdapterMetrics,
+    stop: CancellationToken,
+) {
+    let broker = format!("{}:{}", settings.host, settings.port);
+    let mut backoff = Backoff::new(settings.reconnect_min, settings.reconnect_max);
+    let watchdog = settings.keep_alive * 2;
+    loop {
+        // While stopping, the loop keeps polling so queued PUBACKs and the DISCONNECT go out.
+        let event = match tokio::time::timeout(watchdog, eventloop.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => Seen::Publish(p),
             Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) => {
                 backoff.reset();
                 metrics.mqtt_connected.set(1);
-                tracing::info!(%broker, session_present = ack.session_present, "mqtt connected");
-                if ack.session_present {
-                    // The broker kept our subscriptions and redelivers what we did not ack.
-                    state.send_replace(LinkState::Up(format!("connected to {broker}")));
-                } else {
-                    // A new session: the old one's messages and subscriptions are gone, so
-                    // nothing pending can be acknowledged on this connection.
-                    pending = FuturesOrdered::new();
-                    to_ack.clear();
-                    to_subscribe = true;
-                    state.send_replace(LinkState::Connecting(format!("connected to {broker}, subscribing")));
-                }
+                Seen::Connected { session_present: ack.session_present }
             }
-            Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => {
-                let names: Vec<&str> = filters.iter().map(|f| f.path.as_str()).collect();
-                tracing::info!(filters = ?names, "mqtt subscribed");
-                state.send_replace(LinkState::Up(format!("subscribed at {broker}")));
-            }
-            Ok(Ok(_)) => {}
+            Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => Seen::Subscribed,
+            Ok(Ok(Event::Outgoing(Outgoing::Disconnect))) => return,
+            Ok(Ok(_)) => continue,
             outcome => {
+                if stop.is_cancelled() {
+                    return;
+                }
                 let why = match outcome {
                     Ok(Err(e)) => format!("broker {broker}: {e}"),
-                    // Nothing, not even a ping response, for two keep-alives: the link is
-                    // dead even if TCP has not noticed. Dropping it makes the next poll reconnect.
+                    // Nothing, not even a ping response, for two keep-alives: the link is dead
+                    // even if TCP has not noticed. Dropping it makes the next poll reconnect.
                     _ => {
                         eventloop.clean();
                         format!("no traffic from {broker} for {watchdog:?}")
@@ -183,19 +242,21 @@ pub async fn run(
                 };
                 metrics.mqtt_connected.set(0);
                 metrics.mqtt_reconnects.inc();
-                tracing::warn!(reason = %why, "mqtt disconnected; will reconnect with backoff");
-                state.send_replace(LinkState::Down(why));
+                if seen.send(Seen::Lost(why)).is_err() {
+                    return;
+                }
+                // rumqttc would reconnect at once on the next poll; wait first.
                 tokio::select! {
-                    () = shutdown.cancelled() => break Ok(()),
+                    () = stop.cancelled() => return,
                     () = tokio::time::sleep(backoff.next_delay()) => {}
                 }
+                continue;
             }
+        };
+        if seen.send(event).is_err() {
+            return;
         }
-    };
-    // Messages not acknowledged now are redelivered by the broker to the next session.
-    let _ = client.try_disconnect();
-    metrics.mqtt_connected.set(0);
-    result
+    }
 }
 
 /// A message waiting for its PUBACK.

@@ -7,9 +7,10 @@
 //! cancellation, drains and flushes, and the gateway waits up to `gateway.shutdown_timeout`,
 //! then names whatever is still pending.
 
-use crate::config::Config;
+use crate::config::{Config, MqttConfig};
 use crate::health::{Health, Status};
 use crate::metrics::GatewayMetrics;
+use fieldgate_adapters::mqtt::Broker;
 use fieldgate_adapters::{AdapterMetrics, LinkState};
 use fieldgate_proto::ReadingSink;
 use fieldgate_store::{Store, StoreMetrics, StoreStatus};
@@ -126,13 +127,34 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     running.checkpointed = store.checkpointed();
     running.spawn("router", crate::router::run(submissions, store.sink(), metrics, shutdown.clone()));
     running.spawn("store", watch_store(store, health.clone(), shutdown.clone()));
-    if let Some(mqtt) = config.mqtt.clone() {
-        let (state, link) = tokio::sync::watch::channel(LinkState::Connecting("starting".into()));
-        running.spawn("mqtt-health", report_link("mqtt", link, health.clone(), shutdown.clone()));
-        let (sink, metrics, stop) = (running.sink(), adapter_metrics.clone(), shutdown.clone());
-        running.spawn("mqtt", async move {
-            fieldgate_adapters::mqtt::run(mqtt, sink, metrics, state, stop).await.map_err(|e| e.to_string())
-        });
+    match config.mqtt.clone() {
+        Some(MqttConfig::External(mqtt)) => {
+            let (state, link) = tokio::sync::watch::channel(LinkState::Connecting("starting".into()));
+            running.spawn("mqtt-health", report_link("mqtt", link, health.clone(), shutdown.clone()));
+            let (sink, metrics, stop) = (running.sink(), adapter_metrics.clone(), shutdown.clone());
+            running.spawn("mqtt", async move {
+                fieldgate_adapters::mqtt::run(mqtt, sink, metrics, state, stop)
+                    .await
+                    .map_err(|e| e.to_string())
+            });
+        }
+        Some(MqttConfig::Embedded { listen, broker }) => {
+            let bind_error = |source| RunError::Bind {
+                what: "the embedded MQTT broker (another broker on this port? set [mqtt.embedded] listen, \
+                       or [mqtt.external] to use it)",
+                addr: listen,
+                source,
+            };
+            let listener = tokio::net::TcpListener::bind(listen).await.map_err(bind_error)?;
+            let addr = listener.local_addr().map_err(bind_error)?;
+            let broker = Broker::new(broker, running.sink(), adapter_metrics.clone());
+            let stop = shutdown.clone();
+            running
+                .spawn("mqtt", async move { broker.serve(listener, stop).await.map_err(|e| e.to_string()) });
+            health.set("mqtt", Status::Up, format!("embedded broker listening on {addr}"));
+            tracing::info!(%addr, "mqtt broker listening");
+        }
+        None => {}
     }
     health.set("gateway", Status::Up, format!("gateway `{}` running", config.gateway.id));
     tracing::info!(gateway = %config.gateway.id, %http_addr, data_dir = %data_dir.display(), "gateway started");

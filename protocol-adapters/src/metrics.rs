@@ -41,6 +41,8 @@ pub struct AdapterMetrics {
     pub mqtt_connected: Gauge,
     pub mqtt_reconnects: Counter,
     pub mqtt_unacked: Gauge,
+    pub mqtt_clients: Gauge,
+    pub mqtt_dropped: Counter,
     logged: Arc<Mutex<LogState>>,
 }
 
@@ -52,6 +54,8 @@ impl AdapterMetrics {
             mqtt_connected: Gauge::default(),
             mqtt_reconnects: Counter::default(),
             mqtt_unacked: Gauge::default(),
+            mqtt_clients: Gauge::default(),
+            mqtt_dropped: Counter::default(),
             logged: Arc::default(),
         };
         let r = registry.sub_registry_with_prefix("fieldgate");
@@ -61,6 +65,12 @@ impl AdapterMetrics {
             m.inputs_rejected.clone(),
         );
         r.register("mqtt_messages", "MQTT messages received", m.mqtt_messages.clone());
+        r.register("mqtt_clients", "Clients connected to the embedded MQTT broker", m.mqtt_clients.clone());
+        r.register(
+            "mqtt_dropped",
+            "Messages the embedded broker dropped for a subscriber with no room left (max_queued)",
+            m.mqtt_dropped.clone(),
+        );
         r.register("mqtt_connected", "1 while connected to the MQTT broker", m.mqtt_connected.clone());
         r.register(
             "mqtt_reconnects",

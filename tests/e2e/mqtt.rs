@@ -1,9 +1,10 @@
-//! MQTT against a real mosquitto: messages published by an independent client reach the
-//! rollups exactly, bad input is counted per reason while the gateway keeps going, and the
-//! gateway resumes by itself after the broker restarts or after it was killed itself.
+//! MQTT through the embedded broker and through a real mosquitto: messages published by an
+//! independent client (paho-mqtt) reach the rollups exactly, bad input is counted per reason
+//! while the gateway keeps going, and nothing is lost or counted twice when the gateway is
+//! killed mid-stream or the broker restarts.
 
 use fieldgate_tests::{
-    GatewayProcess, Mosquitto, metric, mqtt_publish, rollup_rows, wait_metric, write_config,
+    GatewayProcess, Mosquitto, free_port, metric, mqtt_publish, rollup_rows, wait_metric, write_config,
 };
 use nix::sys::signal::Signal;
 use std::path::Path;
@@ -11,7 +12,21 @@ use std::path::Path;
 /// 2026-01-01T00:00:00Z in milliseconds.
 const BASE_MS: i64 = 1_767_225_600_000;
 
+/// The gateway's config for devices publishing through `broker`.
 fn config(dir: &Path, broker: &Mosquitto) -> std::path::PathBuf {
+    let section = format!(
+        "[mqtt.external]\nhost = \"127.0.0.1\"\nport = {}\nreconnect_min = \"50ms\"\nreconnect_max = \"500ms\"\n",
+        broker.port
+    );
+    config_with(dir, &section)
+}
+
+/// The gateway's config with its embedded broker on `port` (0: chosen by the OS).
+fn embedded_config(dir: &Path, port: u16) -> std::path::PathBuf {
+    config_with(dir, &format!("[mqtt.embedded]\nlisten = \"127.0.0.1:{port}\"\n"))
+}
+
+fn config_with(dir: &Path, broker_section: &str) -> std::path::PathBuf {
     write_config(
         dir,
         &format!(
@@ -20,11 +35,7 @@ fn config(dir: &Path, broker: &Mosquitto) -> std::path::PathBuf {
 windows = ["1m"]
 allowed_lateness = "2s"
 
-[mqtt]
-host = "127.0.0.1"
-port = {}
-reconnect_min = "50ms"
-reconnect_max = "500ms"
+{broker_section}
 
 [[mqtt.mapping]]
 topic = "fleet/{{device}}/telemetry"
@@ -33,8 +44,7 @@ timestamp = "ts"
 [[mqtt.mapping]]
 topic = "sensors/{{device}}/{{metric}}"
 format = "number"
-"#,
-            broker.port
+"#
         ),
     )
 }
@@ -47,17 +57,22 @@ fn message(i: u64) -> (String, String) {
     (format!("fleet/dev-{device}/telemetry"), format!(r#"{{"ts": {ts}, "fill_kg": {i}}}"#))
 }
 
-/// Publish messages `range` in order.
-fn publish(broker: &Mosquitto, range: std::ops::Range<u64>) {
-    mqtt_publish(broker.port, &range.map(message).collect::<Vec<_>>());
+/// Publish messages `range` in order to the broker on `port`.
+fn publish(port: u16, range: std::ops::Range<u64>) {
+    mqtt_publish(port, &range.map(message).collect::<Vec<_>>());
 }
 
 /// One message per device a day later, closing every window before it.
-fn publish_closers(broker: &Mosquitto) {
-    for device in 0..5 {
-        let line = format!(r#"{{"ts": {}, "fill_kg": 0}}"#, BASE_MS + 86_400_000);
-        broker.publish_lines(&format!("fleet/dev-{device}/telemetry"), &[line]);
-    }
+fn publish_closers(port: u16) {
+    let closers: Vec<(String, String)> = (0..5)
+        .map(|d| {
+            (
+                format!("fleet/dev-{d}/telemetry"),
+                format!(r#"{{"ts": {}, "fill_kg": 0}}"#, BASE_MS + 86_400_000),
+            )
+        })
+        .collect();
+    mqtt_publish(port, &closers);
 }
 
 /// Messages `0..n` are each counted exactly once in the 1-minute rollups.
@@ -76,45 +91,56 @@ fn assert_rollups_hold(data: &Path, n: u64) {
 
 const RECEIVED: &str = "fieldgate_readings_received_total{source=\"mqtt\"}";
 
-#[test]
-fn every_published_message_reaches_the_rollups_exactly() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path());
-    let mut gw = GatewayProcess::spawn(&["run", "--config", config(dir.path(), &broker).to_str().unwrap()]);
+/// Publish N messages and closers to the broker on `port`; they reach the rollups exactly.
+fn exactly_n(mut gw: GatewayProcess, port: u16, data: &Path) {
     let addr = gw.wait_started();
-    gw.wait_for("mqtt subscribed");
     const N: u64 = 2000;
-    publish(&broker, 0..N);
-    publish_closers(&broker);
+    publish(port, 0..N);
+    publish_closers(port);
     wait_metric(addr, RECEIVED, (N + 5) as f64);
-    assert_eq!(metric(addr, "fieldgate_mqtt_connected"), Some(1.0));
     gw.signal(Signal::SIGTERM);
     assert_eq!(gw.wait_exit().code(), Some(0), "{}", gw.log());
-    assert_rollups_hold(&dir.path().join("data"), N);
+    assert_rollups_hold(data, N);
 }
 
 #[test]
-fn bad_input_is_counted_per_reason_and_nothing_else_is_lost() {
+fn every_message_through_mosquitto_reaches_the_rollups_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Mosquitto::start(dir.path());
     let mut gw = GatewayProcess::spawn(&["run", "--config", config(dir.path(), &broker).to_str().unwrap()]);
-    let addr = gw.wait_started();
     gw.wait_for("mqtt subscribed");
-    let bad: Vec<(&str, &str, &str)> = vec![
-        ("fleet/dev-1/telemetry", "{not json", "not_json_object"),
-        ("fleet/dev-1/telemetry", r#"{"ts": 1767225600000, "state": "idle"}"#, "no_numeric_fields"),
-        ("fleet/dev-1/telemetry", r#"{"fill_kg": 3}"#, "bad_timestamp"),
-        ("fleet/dev-1/telemetry", r#"{"ts": "yesterday", "fill_kg": 3}"#, "bad_timestamp"),
-        ("sensors/probe-1/moisture", "wet", "not_numeric"),
-        ("sensors/probe 1/moisture", "3", "bad_device"),
+    exactly_n(gw, broker.port, &dir.path().join("data"));
+}
+
+#[test]
+fn every_message_through_the_embedded_broker_reaches_the_rollups_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut gw =
+        GatewayProcess::spawn(&["run", "--config", embedded_config(dir.path(), 0).to_str().unwrap()]);
+    let port = gw.wait_broker().port();
+    exactly_n(gw, port, &dir.path().join("data"));
+}
+
+/// Each bad message is counted under its reason while a good one after them still arrives.
+fn bad_input_is_counted(mut gw: GatewayProcess, port: u16, extra: &[(&str, String, &'static str)]) {
+    let addr = gw.wait_started();
+    let mut bad: Vec<(&str, String, &str)> = vec![
+        ("fleet/dev-1/telemetry", "{not json".into(), "not_json_object"),
+        ("fleet/dev-1/telemetry", r#"{"ts": 1767225600000, "state": "idle"}"#.into(), "no_numeric_fields"),
+        ("fleet/dev-1/telemetry", r#"{"fill_kg": 3}"#.into(), "bad_timestamp"),
+        ("fleet/dev-1/telemetry", r#"{"ts": "yesterday", "fill_kg": 3}"#.into(), "bad_timestamp"),
+        ("sensors/probe-1/moisture", "wet".into(), "not_numeric"),
+        ("sensors/probe 1/moisture", "3".into(), "bad_device"),
     ];
-    for (topic, payload, _) in &bad {
-        broker.publish_lines(topic, &[(*payload).to_owned()]);
-    }
-    // A good message after the bad ones still arrives.
-    broker.publish_lines("sensors/probe-1/moisture", &["31.5".to_owned()]);
+    bad.extend(extra.iter().cloned());
+    let mut messages: Vec<(String, String)> =
+        bad.iter().map(|(t, p, _)| ((*t).to_owned(), p.clone())).collect();
+    messages.push(("sensors/probe-1/moisture".into(), "31.5".into()));
+    mqtt_publish(port, &messages);
     wait_metric(addr, RECEIVED, 1.0);
-    for reason in ["not_json_object", "no_numeric_fields", "bad_timestamp", "not_numeric", "bad_device"] {
+    let mut reasons: Vec<&str> = bad.iter().map(|b| b.2).collect();
+    reasons.dedup();
+    for reason in reasons {
         let expected = bad.iter().filter(|b| b.2 == reason).count() as f64;
         let label = format!("fieldgate_inputs_rejected_total{{source=\"mqtt\",reason=\"{reason}\"}}");
         assert_eq!(wait_metric(addr, &label, expected), expected, "{reason}");
@@ -126,21 +152,45 @@ fn bad_input_is_counted_per_reason_and_nothing_else_is_lost() {
 }
 
 #[test]
+fn bad_input_through_mosquitto_is_counted_per_reason_and_nothing_else_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let mut gw = GatewayProcess::spawn(&["run", "--config", config(dir.path(), &broker).to_str().unwrap()]);
+    gw.wait_for("mqtt subscribed");
+    bad_input_is_counted(gw, broker.port, &[]);
+}
+
+#[test]
+fn bad_input_through_the_embedded_broker_is_counted_per_reason_and_nothing_else_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut gw =
+        GatewayProcess::spawn(&["run", "--config", embedded_config(dir.path(), 0).to_str().unwrap()]);
+    let port = gw.wait_broker().port();
+    // The embedded broker sees every topic: one that no mapping covers and nobody subscribed
+    // to is counted; the default 64 KiB payload limit applies per message.
+    let extra = [
+        ("nobody/listens/here", "1".to_owned(), "unknown_topic"),
+        ("sensors/probe-1/moisture", "9".repeat(70_000), "oversized"),
+    ];
+    bad_input_is_counted(gw, port, &extra);
+}
+
+#[test]
 fn the_gateway_resumes_by_itself_after_the_broker_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let mut broker = Mosquitto::start(dir.path());
     let mut gw = GatewayProcess::spawn(&["run", "--config", config(dir.path(), &broker).to_str().unwrap()]);
     let addr = gw.wait_started();
     gw.wait_for("mqtt subscribed");
-    publish(&broker, 0..500);
+    publish(broker.port, 0..500);
     wait_metric(addr, RECEIVED, 500.0);
 
     // The broker crashes and comes back without its sessions (persistence is off).
     broker.restart();
     gw.wait_for("mqtt disconnected; will reconnect with backoff");
     gw.wait_for("mqtt subscribed");
-    publish(&broker, 500..1000);
-    publish_closers(&broker);
+    publish(broker.port, 500..1000);
+    publish_closers(broker.port);
     wait_metric(addr, RECEIVED, 1005.0);
     assert!(metric(addr, "fieldgate_mqtt_reconnects_total").unwrap() >= 1.0);
     gw.signal(Signal::SIGTERM);
@@ -158,7 +208,7 @@ fn a_gateway_killed_mid_stream_loses_nothing_and_counts_nothing_twice() {
     gw.wait_for("mqtt subscribed");
     const N: u64 = 20_000;
     let port = broker.port;
-    let publisher = std::thread::spawn(move || mqtt_publish(port, &(0..N).map(message).collect::<Vec<_>>()));
+    let publisher = std::thread::spawn(move || publish(port, 0..N));
 
     // Killed while the publisher keeps sending: the broker holds what the gateway did not ack.
     wait_metric(addr, RECEIVED, 1000.0);
@@ -167,13 +217,39 @@ fn a_gateway_killed_mid_stream_loses_nothing_and_counts_nothing_twice() {
     let mut gw = GatewayProcess::spawn(&["run", "--config", config.to_str().unwrap()]);
     let addr = gw.wait_started();
     publisher.join().unwrap();
-    publish_closers(&broker);
+    publish_closers(broker.port);
     // The broker delivers in order, so once this last, undecodable message was seen, every
     // message before it reached the gateway; SIGTERM then makes them durable before exiting.
     broker.publish_lines("fleet/dev-0/telemetry", &["end".to_owned()]);
     wait_metric(addr, "fieldgate_inputs_rejected_total{source=\"mqtt\",reason=\"not_json_object\"}", 1.0);
     let duplicates = metric(addr, "fieldgate_store_readings_total{outcome=\"duplicate\"}");
     eprintln!("redelivered and recognised after the kill: {duplicates:?}");
+    gw.signal(Signal::SIGTERM);
+    assert_eq!(gw.wait_exit().code(), Some(0), "{}", gw.log());
+    assert_rollups_hold(&dir.path().join("data"), N);
+}
+
+#[test]
+fn a_gateway_killed_with_its_embedded_broker_loses_nothing_and_counts_nothing_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    // The gateway must come back on the same port for the devices to find it.
+    let config = embedded_config(dir.path(), free_port());
+    let mut gw = GatewayProcess::spawn(&["run", "--config", config.to_str().unwrap()]);
+    let addr = gw.wait_started();
+    let port = gw.wait_broker().port();
+    const N: u64 = 20_000;
+    // The publisher, like a device, reconnects and re-sends what was not acknowledged; it
+    // returns once every message was acknowledged, which the gateway does only once durable.
+    let publisher = std::thread::spawn(move || publish(port, 0..N));
+    wait_metric(addr, RECEIVED, 1000.0);
+    gw.signal(Signal::SIGKILL);
+    gw.wait_exit();
+    let mut gw = GatewayProcess::spawn(&["run", "--config", config.to_str().unwrap()]);
+    let addr = gw.wait_started();
+    publisher.join().unwrap();
+    publish_closers(port);
+    let duplicates = metric(addr, "fieldgate_store_readings_total{outcome=\"duplicate\"}");
+    eprintln!("re-sent and recognised after the kill: {duplicates:?}");
     gw.signal(Signal::SIGTERM);
     assert_eq!(gw.wait_exit().code(), Some(0), "{}", gw.log());
     assert_rollups_hold(&dir.path().join("data"), N);

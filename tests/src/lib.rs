@@ -105,6 +105,12 @@ impl GatewayProcess {
         }
     }
 
+    /// Wait for `mqtt broker listening` and return the embedded broker's address.
+    pub fn wait_broker(&mut self) -> SocketAddr {
+        let e = self.wait_for("mqtt broker listening");
+        e["addr"].as_str().unwrap().parse().unwrap()
+    }
+
     /// Wait for `gateway started` and return the HTTP address it bound.
     pub fn wait_started(&mut self) -> SocketAddr {
         let e = self.wait_for("gateway started");
@@ -161,10 +167,12 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, Vec<(String, String)>, St
 }
 
 /// Write a gateway config into `dir` with an HTTP port chosen by the OS, plus `extra` TOML.
+/// Unless `extra` configures MQTT, the embedded broker listens on a port chosen by the OS too.
 pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
     let path = dir.join("fieldgate.toml");
+    let mqtt = if extra.contains("[mqtt") { "" } else { "\n[mqtt.embedded]\nlisten = \"127.0.0.1:0\"\n" };
     let text = format!(
-        "[gateway]\nid = \"test-gw\"\ndata_dir = \"data\"\nshutdown_timeout = \"20s\"\n\n[http]\nlisten = \"127.0.0.1:0\"\n{extra}"
+        "[gateway]\nid = \"test-gw\"\ndata_dir = \"data\"\nshutdown_timeout = \"20s\"\n\n[http]\nlisten = \"127.0.0.1:0\"\n{extra}{mqtt}"
     );
     std::fs::write(&path, text).unwrap();
     path
@@ -190,6 +198,11 @@ pub fn python(script: &str, stdin: &str) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// A loopback port free right now (for a server that must come back on the same port).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
 /// A mosquitto broker on a free loopback port, killed when dropped.
 #[derive(Debug)]
 pub struct Mosquitto {
@@ -202,7 +215,7 @@ impl Mosquitto {
     /// Start mosquitto with its config in `dir` (in-memory, anonymous, a generous queue for
     /// offline persistent sessions, the default in-flight window of 20).
     pub fn start(dir: &Path) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = free_port();
         let conf = dir.join("mosquitto.conf");
         std::fs::write(
             &conf,

@@ -15,7 +15,9 @@ pub use diagnostics::{ConfigErrors, Location, Problem};
 pub use secret::{Secret, SecretSpec};
 pub use units::{ByteSize, HumanDuration};
 
-use fieldgate_adapters::mqtt::{Field, Mapping, MqttSettings, PayloadFormat, TimestampUnit, TopicPattern};
+use fieldgate_adapters::mqtt::{
+    BrokerSettings, Field, Mapping, MqttSettings, PayloadFormat, TimestampUnit, TopicPattern,
+};
 use fieldgate_proto::{DeviceId, Metric};
 use fieldgate_store::{Retention, StoreConfig};
 use std::net::SocketAddr;
@@ -29,9 +31,39 @@ pub struct Config {
     pub http: HttpConfig,
     /// The store's settings (its `data_dir` is the gateway's).
     pub store: StoreConfig,
-    /// The MQTT client, when `[mqtt]` is configured.
-    pub mqtt: Option<MqttSettings>,
+    /// How MQTT devices reach the gateway; `None` when `[mqtt] enabled = false`.
+    pub mqtt: Option<MqttConfig>,
 }
+
+/// The embedded broker, or a client of an external one.
+#[derive(Debug, Clone)]
+pub enum MqttConfig {
+    Embedded { listen: SocketAddr, broker: BrokerSettings },
+    External(MqttSettings),
+}
+
+impl MqttConfig {
+    pub fn mappings(&self) -> &[Mapping] {
+        match self {
+            MqttConfig::Embedded { broker, .. } => &broker.mappings,
+            MqttConfig::External(s) => &s.mappings,
+        }
+    }
+}
+
+/// Mappings used when the config gives none: `fieldgate/<device>` carries a JSON object (its
+/// numbers are metrics, an optional `ts` is the timestamp) and `fieldgate/<device>/<metric>` a
+/// plain number.
+pub const DEFAULT_MAPPINGS: &str = r#"
+[[mqtt.mapping]]
+topic = "fieldgate/{device}"
+timestamp = "ts"
+timestamp_required = false
+
+[[mqtt.mapping]]
+topic = "fieldgate/{device}/{metric}"
+format = "number"
+"#;
 
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
@@ -92,7 +124,7 @@ impl Validator {
     fn config(&mut self, raw: raw::RawConfig, base: &Path, env: &dyn Fn(&str) -> Option<String>) -> Config {
         let gateway = self.gateway(raw.gateway, base);
         let store = self.store(raw.store, &gateway.data_dir);
-        let mqtt = raw.mqtt.map(|m| self.mqtt(m, &gateway.id, env));
+        let mqtt = self.mqtt(raw.mqtt, &gateway.id, env);
         Config {
             gateway,
             http: HttpConfig { listen: self.address("http.listen", &raw.http.listen) },
@@ -203,35 +235,7 @@ impl Validator {
         raw: raw::RawMqtt,
         gateway_id: &str,
         env: &dyn Fn(&str) -> Option<String>,
-    ) -> MqttSettings {
-        const S: Duration = Duration::from_secs(1);
-        if raw.host.is_empty() {
-            self.problem("mqtt.host", "give the broker's host name or address");
-        }
-        let client_id = raw.client_id.unwrap_or_else(|| format!("fieldgate-{gateway_id}"));
-        if client_id.is_empty() || client_id.len() > 128 || !client_id.chars().all(|c| c.is_ascii_graphic()) {
-            self.problem("mqtt.client_id", "use 1 to 128 printable ASCII characters without spaces");
-        }
-        let password = raw.password.and_then(|p| match p.resolve(env) {
-            Ok(secret) => Some(secret.expose().to_owned()),
-            Err(e) => {
-                self.problem("mqtt.password", e);
-                None
-            }
-        });
-        if password.is_some() && raw.username.is_none() {
-            self.problem("mqtt.password", "a password needs a `username`");
-        }
-        // rumqttc panics on a keep-alive under one second: refuse it here.
-        let keep_alive = self.duration("mqtt.keep_alive", raw.keep_alive, S, Duration::from_secs(3600));
-        let reconnect_min = self.duration(
-            "mqtt.reconnect_min",
-            raw.reconnect_min,
-            Duration::from_millis(10),
-            Duration::from_secs(600),
-        );
-        let reconnect_max =
-            self.duration("mqtt.reconnect_max", raw.reconnect_max, reconnect_min, Duration::from_secs(3600));
+    ) -> Option<MqttConfig> {
         let max_payload = raw.max_payload.0;
         if !(16..=256 << 20).contains(&max_payload) {
             self.problem(
@@ -239,15 +243,93 @@ impl Validator {
                 format!("must be between 16B and 256MiB, got {}", raw.max_payload),
             );
         }
-        if raw.mappings.is_empty() {
-            self.problem("mqtt", "add at least one [[mqtt.mapping]] saying which topics carry readings");
+        let mappings = if raw.mappings.is_empty() {
+            default_mappings()
+        } else {
+            raw.mappings
+                .into_iter()
+                .enumerate()
+                .filter_map(|(i, m)| self.mapping(&format!("mqtt.mapping[{i}]"), m, max_payload as usize))
+                .collect()
+        };
+        // Room for the payload plus the topic and the packet header.
+        let max_packet = max_payload as usize + 64 * 1024;
+        let mut secret = |path: &str, spec: Option<SecretSpec>, username: &Option<String>| {
+            let password = spec.and_then(|p| match p.resolve(env) {
+                Ok(secret) => Some(secret.expose().to_owned()),
+                Err(e) => {
+                    self.problem(path, e);
+                    None
+                }
+            });
+            if password.is_some() && username.is_none() {
+                self.problem(path, "a password needs a `username`");
+            }
+            password
+        };
+        let config = match (raw.embedded, raw.external) {
+            (Some(_), Some(_)) => {
+                self.problem(
+                    "mqtt.external",
+                    "use either [mqtt.embedded] or [mqtt.external], not both: devices connect to one broker",
+                );
+                return None;
+            }
+            (None, Some(mut ext)) => {
+                let password = secret("mqtt.external.password", ext.password.take(), &ext.username);
+                MqttConfig::External(self.external(ext, password, gateway_id, max_packet, mappings))
+            }
+            (embedded, None) => {
+                let e = embedded.unwrap_or_default();
+                let password = secret("mqtt.embedded.password", e.password, &e.username);
+                MqttConfig::Embedded {
+                    listen: self.address("mqtt.embedded.listen", &e.listen),
+                    broker: BrokerSettings {
+                        username: e.username,
+                        password,
+                        max_packet,
+                        max_inflight: self.count("mqtt.embedded.max_inflight", e.max_inflight, 1, 65_535)
+                            as u16,
+                        max_queued: self.count("mqtt.embedded.max_queued", e.max_queued, 1, 1_000_000),
+                        mappings,
+                    },
+                }
+            }
+        };
+        raw.enabled.then_some(config)
+    }
+
+    fn external(
+        &mut self,
+        raw: raw::RawExternal,
+        password: Option<String>,
+        gateway_id: &str,
+        max_packet: usize,
+        mappings: Vec<Mapping>,
+    ) -> MqttSettings {
+        const S: Duration = Duration::from_secs(1);
+        if raw.host.is_empty() {
+            self.problem("mqtt.external.host", "give the broker's host name or address");
         }
-        let mappings = raw
-            .mappings
-            .into_iter()
-            .enumerate()
-            .filter_map(|(i, m)| self.mapping(&format!("mqtt.mapping[{i}]"), m, max_payload as usize))
-            .collect();
+        let client_id = raw.client_id.unwrap_or_else(|| format!("fieldgate-{gateway_id}"));
+        if client_id.is_empty() || client_id.len() > 128 || !client_id.chars().all(|c| c.is_ascii_graphic()) {
+            self.problem("mqtt.external.client_id", "use 1 to 128 printable ASCII characters without spaces");
+        }
+        // rumqttc panics on a keep-alive under one second: refuse it here.
+        let keep_alive =
+            self.duration("mqtt.external.keep_alive", raw.keep_alive, S, Duration::from_secs(3600));
+        let reconnect_min = self.duration(
+            "mqtt.external.reconnect_min",
+            raw.reconnect_min,
+            Duration::from_millis(10),
+            Duration::from_secs(600),
+        );
+        let reconnect_max = self.duration(
+            "mqtt.external.reconnect_max",
+            raw.reconnect_max,
+            reconnect_min,
+            Duration::from_secs(3600),
+        );
         MqttSettings {
             host: raw.host,
             port: raw.port,
@@ -257,8 +339,7 @@ impl Validator {
             keep_alive,
             reconnect_min,
             reconnect_max,
-            // Room for the payload plus the topic and the packet header.
-            max_packet: max_payload as usize + 64 * 1024,
+            max_packet,
             mappings,
         }
     }
@@ -329,6 +410,7 @@ impl Validator {
             metric,
             fields,
             timestamp: raw.timestamp.as_deref().map(pointer),
+            timestamp_required: raw.timestamp_required,
             timestamp_unit,
             max_payload,
         })
@@ -349,6 +431,23 @@ impl Validator {
         }
         d.0.clamp(min, max)
     }
+}
+
+/// The [`DEFAULT_MAPPINGS`], validated like any config.
+fn default_mappings() -> Vec<Mapping> {
+    let (raw, problems, _) =
+        diagnostics::deserialize_all::<raw::RawConfig>(&format!("[gateway]\nid = \"x\"\n{DEFAULT_MAPPINGS}"));
+    assert!(problems.is_empty(), "the default mappings are valid: {problems:?}");
+    let mut v = Validator { problems: Vec::new() };
+    let raw = raw.expect("parsed");
+    let mappings: Vec<Mapping> = raw
+        .mqtt
+        .mappings
+        .into_iter()
+        .filter_map(|m| v.mapping("default", m, raw.mqtt.max_payload.0 as usize))
+        .collect();
+    assert!(v.problems.is_empty(), "the default mappings are valid: {:?}", v.problems);
+    mappings
 }
 
 #[cfg(test)]

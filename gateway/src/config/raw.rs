@@ -16,7 +16,8 @@ pub(crate) struct RawConfig {
     pub(crate) http: RawHttp,
     #[serde(default)]
     pub(crate) store: RawStore,
-    pub(crate) mqtt: Option<RawMqtt>,
+    #[serde(default)]
+    pub(crate) mqtt: RawMqtt,
 }
 
 #[derive(Debug, Deserialize)]
@@ -113,10 +114,83 @@ pub(crate) struct RawRetention {
     pub(crate) max_disk: Option<ByteSize>,
 }
 
-/// `[mqtt]`: the gateway's client of an MQTT broker (mosquitto, EMQX, ...).
+/// `[mqtt]`: how MQTT devices reach the gateway. Without the section, the embedded broker
+/// runs on 127.0.0.1:1883 with the default mappings.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawMqtt {
+    /// `false` turns MQTT off.
+    #[serde(default = "yes")]
+    pub(crate) enabled: bool,
+    #[serde(default = "default_max_payload")]
+    pub(crate) max_payload: ByteSize,
+    /// Devices connect to the gateway itself (the default).
+    pub(crate) embedded: Option<RawEmbedded>,
+    /// The gateway subscribes at a broker the site already runs.
+    pub(crate) external: Option<RawExternal>,
+    #[serde(default, rename = "mapping")]
+    pub(crate) mappings: Vec<RawMapping>,
+}
+
+impl Default for RawMqtt {
+    fn default() -> Self {
+        RawMqtt {
+            enabled: true,
+            max_payload: default_max_payload(),
+            embedded: None,
+            external: None,
+            mappings: Vec::new(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `[mqtt.embedded]`: the broker inside the gateway.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawEmbedded {
+    #[serde(default = "default_broker_listen")]
+    pub(crate) listen: String,
+    /// Credentials every client must present (both, or neither).
+    pub(crate) username: Option<String>,
+    pub(crate) password: Option<SecretSpec>,
+    #[serde(default = "default_max_inflight")]
+    pub(crate) max_inflight: usize,
+    #[serde(default = "default_max_queued")]
+    pub(crate) max_queued: usize,
+}
+
+impl Default for RawEmbedded {
+    fn default() -> Self {
+        RawEmbedded {
+            listen: default_broker_listen(),
+            username: None,
+            password: None,
+            max_inflight: default_max_inflight(),
+            max_queued: default_max_queued(),
+        }
+    }
+}
+
+fn default_broker_listen() -> String {
+    "127.0.0.1:1883".to_owned()
+}
+
+fn default_max_inflight() -> usize {
+    32
+}
+
+fn default_max_queued() -> usize {
+    1000
+}
+
+/// `[mqtt.external]`: the gateway's client of a broker (mosquitto, EMQX, ...).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawExternal {
     pub(crate) host: String,
     #[serde(default = "default_mqtt_port")]
     pub(crate) port: u16,
@@ -131,10 +205,6 @@ pub(crate) struct RawMqtt {
     pub(crate) reconnect_min: HumanDuration,
     #[serde(default = "default_reconnect_max")]
     pub(crate) reconnect_max: HumanDuration,
-    #[serde(default = "default_max_payload")]
-    pub(crate) max_payload: ByteSize,
-    #[serde(default, rename = "mapping")]
-    pub(crate) mappings: Vec<RawMapping>,
 }
 
 fn default_mqtt_port() -> u16 {
@@ -169,6 +239,10 @@ pub(crate) struct RawMapping {
     #[serde(default)]
     pub(crate) fields: BTreeMap<String, String>,
     pub(crate) timestamp: Option<String>,
+    /// Whether a payload without the timestamp field is refused (otherwise it carries the
+    /// time of receipt).
+    #[serde(default = "yes")]
+    pub(crate) timestamp_required: bool,
     #[serde(default)]
     pub(crate) timestamp_unit: RawTimestampUnit,
 }

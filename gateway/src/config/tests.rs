@@ -225,7 +225,7 @@ fn mqtt_settings_parse_with_secrets_from_the_environment() {
 [gateway]
 id = "farm"
 
-[mqtt]
+[mqtt.external]
 host = "broker.local"
 username = "gw"
 password = { env = "FG_MQTT_PASSWORD" }
@@ -240,7 +240,7 @@ format = "number"
 "#;
     let env = |k: &str| (k == "FG_MQTT_PASSWORD").then(|| "hunter2".to_owned());
     let c = Config::parse(src, Path::new("/etc/fieldgate/fieldgate.toml"), &env).unwrap();
-    let m = c.mqtt.unwrap();
+    let Some(MqttConfig::External(m)) = c.mqtt else { panic!("external: {:?}", c.mqtt) };
     assert_eq!((m.host.as_str(), m.port, m.client_id.as_str()), ("broker.local", 1883, "fieldgate-farm"));
     assert_eq!(m.password.as_deref(), Some("hunter2"));
     assert!(!format!("{m:?}").contains("hunter2"), "Debug must not show the password");
@@ -249,7 +249,7 @@ format = "number"
 
     let problems = errors(src).problems;
     assert_eq!(problems.len(), 1);
-    assert_eq!(problems[0].path, "mqtt.password");
+    assert_eq!(problems[0].path, "mqtt.external.password");
     assert!(problems[0].message.contains("`FG_MQTT_PASSWORD` is not set"), "{problems:?}");
 }
 
@@ -259,7 +259,7 @@ fn mqtt_mistakes_are_explained() {
 [gateway]
 id = "farm"
 
-[mqtt]
+[mqtt.external]
 host = "broker.local"
 keep_alive = "500ms"
 
@@ -282,11 +282,48 @@ format = "xml"
     assert_eq!(
         texts,
         vec![
-            "7: mqtt.keep_alive: must be at least 1s, got 500ms",
+            "7: mqtt.external.keep_alive: must be at least 1s, got 500ms",
             "10: mqtt.mapping[0].topic: `fleet/+/telemetry` has no {device} level; add one or give `device = \"...\"`",
             "13: mqtt.mapping[1].topic: `#` must be the last level of `a/#/b`",
             "18: mqtt.mapping[2].fields: only JSON payloads have fields; remove it or use format = \"json\"",
             "22: mqtt.mapping[3].format: unknown variant `xml`, expected one of `json`, `number`, `bool`",
+        ]
+    );
+}
+
+#[test]
+fn without_an_mqtt_section_the_embedded_broker_runs_with_the_default_mappings() {
+    let c = Config::parse("[gateway]\nid = \"farm\"\n", Path::new("f.toml"), &|_| None).unwrap();
+    let Some(MqttConfig::Embedded { listen, broker }) = c.mqtt else { panic!("embedded: {:?}", c.mqtt) };
+    assert_eq!(listen, "127.0.0.1:1883".parse().unwrap());
+    assert_eq!((broker.max_inflight, broker.max_queued, broker.username), (32, 1000, None));
+    let topics: Vec<String> = broker.mappings.iter().map(|m| m.topic.to_string()).collect();
+    assert_eq!(topics, ["fieldgate/{device}", "fieldgate/{device}/{metric}"]);
+    assert!(!broker.mappings[0].timestamp_required);
+
+    let off =
+        Config::parse("[gateway]\nid = \"farm\"\n[mqtt]\nenabled = false\n", Path::new("f.toml"), &|_| None);
+    assert!(off.unwrap().mqtt.is_none());
+}
+
+#[test]
+fn embedded_and_external_brokers_exclude_each_other() {
+    let src = r#"
+[gateway]
+id = "farm"
+
+[mqtt.embedded]
+listen = "0.0.0.0:1883"
+password = "secret"
+
+[mqtt.external]
+host = "broker.local"
+"#;
+    let texts: Vec<String> = located(src).into_iter().map(|p| format!("{}: {}", p.0, p.2)).collect();
+    assert_eq!(
+        texts,
+        vec![
+            "9: mqtt.external: use either [mqtt.embedded] or [mqtt.external], not both: devices connect to one broker"
         ]
     );
 }

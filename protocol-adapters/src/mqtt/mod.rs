@@ -6,10 +6,12 @@
 //! adapter decodes with them, field-sim encodes the same shapes, and both are tested without a
 //! broker.
 
+pub mod broker;
 pub mod client;
 pub mod payload;
 pub mod topic;
 
+pub use broker::{Broker, BrokerSettings};
 pub use client::{MqttError, MqttSettings, run};
 pub use payload::{Field, Mapping, PayloadFormat, Rejection, TimestampUnit, decode};
 pub use topic::{Captures, PatternError, TopicPattern};

@@ -60,6 +60,8 @@ pub struct Mapping {
     pub fields: Vec<Field>,
     /// JSON pointer of the timestamp; without it, readings carry the time of receipt.
     pub timestamp: Option<String>,
+    /// Whether a payload without the timestamp is refused, or carries the time of receipt.
+    pub timestamp_required: bool,
     pub timestamp_unit: TimestampUnit,
     /// Larger payloads are refused unread.
     pub max_payload: usize,
@@ -171,7 +173,10 @@ pub fn decode(
             let ts = match &mapping.timestamp {
                 Some(pointer) => match json.pointer(pointer) {
                     Some(v) => timestamp(v, mapping.timestamp_unit).map_err(Rejection::BadTimestamp)?,
-                    None => return Err(Rejection::BadTimestamp(format!("field `{pointer}` is missing"))),
+                    None if mapping.timestamp_required => {
+                        return Err(Rejection::BadTimestamp(format!("field `{pointer}` is missing")));
+                    }
+                    None => received,
                 },
                 None => received,
             };

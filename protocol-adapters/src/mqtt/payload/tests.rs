@@ -8,6 +8,7 @@ fn mapping(topic: &str, format: PayloadFormat) -> Mapping {
         metric: None,
         fields: Vec::new(),
         timestamp: None,
+        timestamp_required: true,
         timestamp_unit: TimestampUnit::Auto,
         max_payload: 1024,
     }
@@ -143,4 +144,21 @@ proptest::proptest! {
         m.timestamp = Some("/ts".into());
         let _ = decode(&[m], "x/d/m", &payload, RECEIVED);
     }
+}
+
+#[test]
+fn an_optional_timestamp_falls_back_to_the_time_of_receipt() {
+    let mut m = mapping("s/{device}", PayloadFormat::Json);
+    m.timestamp = Some("/ts".into());
+    m.timestamp_required = false;
+    let m = [m];
+    let stamped = decode(&m, "s/d1", br#"{"ts": 1767225600, "v": 1}"#, RECEIVED).unwrap();
+    assert_eq!(values(&stamped), [("d1".into(), "v".into(), 1.0, 1_767_225_600_000_000_000)]);
+    let unstamped = decode(&m, "s/d1", br#"{"v": 2}"#, RECEIVED).unwrap();
+    assert_eq!(values(&unstamped), [("d1".into(), "v".into(), 2.0, RECEIVED.as_nanos())]);
+    // Present but unreadable is still an error: a wrong time is worse than none.
+    assert_eq!(
+        decode(&m, "s/d1", br#"{"ts": "soon", "v": 1}"#, RECEIVED).unwrap_err().reason(),
+        "bad_timestamp"
+    );
 }

@@ -74,6 +74,11 @@ impl GatewayProcess {
         GatewayProcess { child, events, seen: Vec::new(), returned: std::collections::HashMap::new(), log }
     }
 
+    /// The process id (for reading its resource use under /proc).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Everything the process wrote to stderr so far.
     pub fn log(&self) -> String {
         self.log.lock().unwrap().join("\n")

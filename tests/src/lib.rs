@@ -203,9 +203,21 @@ pub fn python(script: &str, stdin: &str) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// A loopback port free right now (for a server that must come back on the same port).
+/// A loopback port free right now, for a server that must come back on the same port after
+/// a restart. It is taken below the kernel's ephemeral range, which `bind(0)` (every other
+/// test's servers and every outgoing connection) draws from: otherwise, while the server is
+/// down, another test could be handed the same port and its clients' messages would go there.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use rand::{Rng, SeedableRng};
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let low: u16 = range.split_whitespace().next().and_then(|v| v.parse().ok()).unwrap_or(32768);
+    let mut rng = rand::rngs::SmallRng::from_os_rng();
+    loop {
+        let port = rng.random_range(10_000..low.max(10_001));
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A mosquitto broker on a free loopback port, killed when dropped.

@@ -11,7 +11,7 @@
 //! (`FG_BENCH_MESSAGES` sets the count per run; mosquitto must be installed, as `.ci/run` does).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)] // a benchmark binary
 
-use fieldgate_tests::{GatewayProcess, Mosquitto, metric, write_config};
+use fieldgate_tests::{GatewayProcess, Mosquitto, wait_metric, write_config};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::time::{Duration, Instant};
 
@@ -103,16 +103,11 @@ fn peak_rss_mib(pid: u32) -> f64 {
     kb / 1024.0
 }
 
-/// Wait until the gateway has received `n` MQTT readings.
+/// Wait until the gateway has received `n` MQTT readings (the tests' metric wait, which polls
+/// `/metrics` with a deadline).
 async fn received(addr: std::net::SocketAddr, n: usize) {
     let prefix = "fieldgate_readings_received_total{source=\"mqtt\"}";
-    loop {
-        let now = tokio::task::spawn_blocking(move || metric(addr, prefix)).await.unwrap().unwrap_or(0.0);
-        if now >= n as f64 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    tokio::task::spawn_blocking(move || wait_metric(addr, prefix, n as f64)).await.unwrap();
 }
 
 fn rate(n: usize, took: Duration) -> f64 {

@@ -7,6 +7,7 @@ use fieldgate_tests::{
     GatewayProcess, Mosquitto, free_port, metric, mqtt_publish, rollup_rows, wait_metric, write_config,
 };
 use nix::sys::signal::Signal;
+use std::net::SocketAddr;
 use std::path::Path;
 
 /// 2026-01-01T00:00:00Z in milliseconds.
@@ -198,35 +199,45 @@ fn the_gateway_resumes_by_itself_after_the_broker_restarts() {
     assert_rollups_hold(&dir.path().join("data"), 1000);
 }
 
-#[test]
-fn a_gateway_killed_mid_stream_loses_nothing_and_counts_nothing_twice() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path());
-    let config = config(dir.path(), &broker);
-    let mut gw = GatewayProcess::spawn(&["run", "--config", config.to_str().unwrap()]);
+/// Publish `n` messages to the broker on `port` from a thread, SIGKILL the gateway once it
+/// received 1,000 of them while the publisher keeps sending, start it again with `config`, and
+/// wait for the publisher to finish. Returns the new gateway and its HTTP address.
+fn kill_mid_stream(mut gw: GatewayProcess, config: &Path, port: u16, n: u64) -> (GatewayProcess, SocketAddr) {
     let addr = gw.wait_started();
-    gw.wait_for("mqtt subscribed");
-    const N: u64 = 20_000;
-    let port = broker.port;
-    let publisher = std::thread::spawn(move || publish(port, 0..N));
-
-    // Killed while the publisher keeps sending: the broker holds what the gateway did not ack.
+    let publisher = std::thread::spawn(move || publish(port, 0..n));
     wait_metric(addr, RECEIVED, 1000.0);
     gw.signal(Signal::SIGKILL);
     gw.wait_exit();
     let mut gw = GatewayProcess::spawn(&["run", "--config", config.to_str().unwrap()]);
     let addr = gw.wait_started();
     publisher.join().unwrap();
-    publish_closers(broker.port);
+    publish_closers(port);
+    (gw, addr)
+}
+
+/// Stop the restarted gateway cleanly; the rollups must hold messages `0..n` exactly once.
+fn stop_and_check(mut gw: GatewayProcess, addr: SocketAddr, data: &Path, n: u64) {
+    let duplicates = metric(addr, "fieldgate_store_readings_total{outcome=\"duplicate\"}");
+    eprintln!("sent again and recognised after the kill: {duplicates:?}");
+    gw.signal(Signal::SIGTERM);
+    assert_eq!(gw.wait_exit().code(), Some(0), "{}", gw.log());
+    assert_rollups_hold(data, n);
+}
+
+#[test]
+fn a_gateway_killed_mid_stream_loses_nothing_and_counts_nothing_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let config = config(dir.path(), &broker);
+    let mut gw = GatewayProcess::spawn(&["run", "--config", config.to_str().unwrap()]);
+    gw.wait_for("mqtt subscribed");
+    // The broker holds what the killed gateway did not acknowledge.
+    let (gw, addr) = kill_mid_stream(gw, &config, broker.port, 20_000);
     // The broker delivers in order, so once this last, undecodable message was seen, every
     // message before it reached the gateway; SIGTERM then makes them durable before exiting.
     broker.publish_lines("fleet/dev-0/telemetry", &["end".to_owned()]);
     wait_metric(addr, "fieldgate_inputs_rejected_total{source=\"mqtt\",reason=\"not_json_object\"}", 1.0);
-    let duplicates = metric(addr, "fieldgate_store_readings_total{outcome=\"duplicate\"}");
-    eprintln!("redelivered and recognised after the kill: {duplicates:?}");
-    gw.signal(Signal::SIGTERM);
-    assert_eq!(gw.wait_exit().code(), Some(0), "{}", gw.log());
-    assert_rollups_hold(&dir.path().join("data"), N);
+    stop_and_check(gw, addr, &dir.path().join("data"), 20_000);
 }
 
 #[test]
@@ -235,22 +246,9 @@ fn a_gateway_killed_with_its_embedded_broker_loses_nothing_and_counts_nothing_tw
     // The gateway must come back on the same port for the devices to find it.
     let config = embedded_config(dir.path(), free_port());
     let mut gw = GatewayProcess::spawn(&["run", "--config", config.to_str().unwrap()]);
-    let addr = gw.wait_started();
     let port = gw.wait_broker().port();
-    const N: u64 = 20_000;
-    // The publisher, like a device, reconnects and re-sends what was not acknowledged; it
+    // The publisher, like a device, reconnects and sends again what was not acknowledged; it
     // returns once every message was acknowledged, which the gateway does only once durable.
-    let publisher = std::thread::spawn(move || publish(port, 0..N));
-    wait_metric(addr, RECEIVED, 1000.0);
-    gw.signal(Signal::SIGKILL);
-    gw.wait_exit();
-    let mut gw = GatewayProcess::spawn(&["run", "--config", config.to_str().unwrap()]);
-    let addr = gw.wait_started();
-    publisher.join().unwrap();
-    publish_closers(port);
-    let duplicates = metric(addr, "fieldgate_store_readings_total{outcome=\"duplicate\"}");
-    eprintln!("re-sent and recognised after the kill: {duplicates:?}");
-    gw.signal(Signal::SIGTERM);
-    assert_eq!(gw.wait_exit().code(), Some(0), "{}", gw.log());
-    assert_rollups_hold(&dir.path().join("data"), N);
+    let (gw, addr) = kill_mid_stream(gw, &config, port, 20_000);
+    stop_and_check(gw, addr, &dir.path().join("data"), 20_000);
 }

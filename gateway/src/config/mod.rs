@@ -42,15 +42,6 @@ pub enum MqttConfig {
     External(MqttSettings),
 }
 
-impl MqttConfig {
-    pub fn mappings(&self) -> &[Mapping] {
-        match self {
-            MqttConfig::Embedded { broker, .. } => &broker.mappings,
-            MqttConfig::External(s) => &s.mappings,
-        }
-    }
-}
-
 /// Mappings used when the config gives none: `fieldgate/<device>` carries a JSON object (its
 /// numbers are metrics, an optional `ts` is the timestamp) and `fieldgate/<device>/<metric>` a
 /// plain number.

@@ -163,12 +163,6 @@ impl Broker {
         self.inner.route(&message)
     }
 
-    /// Clients connected right now.
-    pub fn clients(&self) -> usize {
-        let router = self.inner.router.lock().unwrap_or_else(PoisonError::into_inner);
-        router.sessions.values().filter(|s| s.conn.is_some()).count()
-    }
-
     async fn connection(self, stream: TcpStream, peer: SocketAddr, shutdown: CancellationToken) {
         let id = self.inner.next_conn.fetch_add(1, Ordering::Relaxed);
         let mut conn = Connection::new(self.inner.clone(), stream, id);

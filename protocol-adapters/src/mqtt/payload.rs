@@ -292,4 +292,4 @@ fn timestamp(v: &Value, unit: TimestampUnit) -> Result<Timestamp, String> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

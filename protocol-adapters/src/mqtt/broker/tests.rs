@@ -3,8 +3,8 @@
 //! submissions when it chooses.
 
 use super::*;
-use crate::mqtt::payload::{PayloadFormat, TimestampUnit};
-use crate::mqtt::topic::TopicPattern;
+use crate::mqtt::payload::PayloadFormat;
+use crate::mqtt::payload::tests::mapping;
 use fieldgate_proto::ingest::{Durable, Submission, SubmissionReceiver};
 use prometheus_client::registry::Registry;
 use rumqttc::{Connect, LastWill, Login, PubRel, Subscribe};
@@ -27,17 +27,7 @@ fn settings() -> BrokerSettings {
         max_packet: 64 * 1024,
         max_inflight: 4,
         max_queued: 100,
-        mappings: vec![Mapping {
-            topic: TopicPattern::parse("sensors/{device}/{metric}").unwrap(),
-            format: PayloadFormat::Number,
-            device: None,
-            metric: None,
-            fields: Vec::new(),
-            timestamp: None,
-            timestamp_required: true,
-            timestamp_unit: TimestampUnit::Auto,
-            max_payload: 1024,
-        }],
+        mappings: vec![mapping("sensors/{device}/{metric}", PayloadFormat::Number)],
     }
 }
 

@@ -1,6 +1,7 @@
 use super::*;
 
-fn mapping(topic: &str, format: PayloadFormat) -> Mapping {
+/// A mapping with defaults: no fixed device or metric, no timestamp, 1 KiB payloads.
+pub(crate) fn mapping(topic: &str, format: PayloadFormat) -> Mapping {
     Mapping {
         topic: TopicPattern::parse(topic).unwrap(),
         format,

@@ -1,6 +1,8 @@
-//! The HTTP server for operators and monitoring: `/metrics` (Prometheus) and `/healthz`.
+//! The HTTP server for operators and monitoring: `/metrics` (Prometheus), `/healthz`, and
+//! `/devices` (the device registry with each device's latest values, as JSON).
 
 use crate::health::Health;
+use crate::live::LiveState;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -15,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 struct AppState {
     registry: Arc<Registry>,
     health: Health,
+    live: LiveState,
 }
 
 /// The content type of the OpenMetrics text format, which Prometheus scrapes natively.
@@ -38,16 +41,50 @@ async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
     (code, [(header::CONTENT_TYPE, "application/json")], body + "\n")
 }
 
-/// Serve `/metrics` and `/healthz` on `listener` until `shutdown` fires.
+async fn devices(State(state): State<AppState>) -> impl IntoResponse {
+    let devices: Vec<serde_json::Value> = state
+        .live
+        .devices()
+        .into_iter()
+        .map(|(id, d)| {
+            let latest: serde_json::Map<String, serde_json::Value> = d
+                .latest
+                .iter()
+                .map(|(metric, l)| {
+                    let v = serde_json::json!({
+                        "value": l.value,
+                        "ts": l.ts.to_string(),
+                        "quality": l.quality.as_str(),
+                    });
+                    (metric.to_string(), v)
+                })
+                .collect();
+            serde_json::json!({
+                "device": id.as_str(),
+                "source": d.source.as_str(),
+                "first_seen": d.first_seen.to_string(),
+                "last_seen": d.last_seen.to_string(),
+                "readings": d.readings,
+                "latest": latest,
+            })
+        })
+        .collect();
+    let body = serde_json::to_string_pretty(&devices).unwrap_or_else(|_| "[]".to_owned());
+    ([(header::CONTENT_TYPE, "application/json")], body + "\n")
+}
+
+/// Serve `/metrics`, `/healthz` and `/devices` on `listener` until `shutdown` fires.
 pub async fn serve(
     listener: TcpListener,
     registry: Arc<Registry>,
     health: Health,
+    live: LiveState,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
-        .with_state(AppState { registry, health });
+        .route("/devices", get(devices))
+        .with_state(AppState { registry, health, live });
     axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await
 }

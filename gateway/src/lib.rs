@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod health;
 pub mod http;
+pub mod live;
 pub mod metrics;
 pub mod router;
 pub mod runtime;

@@ -37,6 +37,10 @@ pub struct GatewayMetrics {
     pub queue_depth: Family<QueueLabels, Gauge>,
     /// Capacity of each bounded internal queue.
     pub queue_capacity: Family<QueueLabels, Gauge>,
+    /// Devices in the registry.
+    pub devices: Gauge,
+    /// Devices registered on first sight, per protocol.
+    pub devices_registered: Family<SourceLabels, Counter>,
 }
 
 impl GatewayMetrics {
@@ -46,10 +50,13 @@ impl GatewayMetrics {
             readings_received: Family::default(),
             queue_depth: Family::default(),
             queue_capacity: Family::default(),
+            devices: Gauge::default(),
+            devices_registered: Family::default(),
         };
         // Every protocol shows up from the start, at zero, so rates and alerts work at once.
         for s in fieldgate_proto::Source::ALL {
             let _ = m.readings_received.get_or_create(&SourceLabels { source: s.as_str() });
+            let _ = m.devices_registered.get_or_create(&SourceLabels { source: s.as_str() });
         }
         let build = Family::<BuildLabels, Gauge>::default();
         build.get_or_create(&BuildLabels { version: env!("CARGO_PKG_VERSION") }).set(1);
@@ -62,6 +69,12 @@ impl GatewayMetrics {
         );
         r.register("queue_depth", "Items waiting in a bounded internal queue", m.queue_depth.clone());
         r.register("queue_capacity", "Capacity of a bounded internal queue", m.queue_capacity.clone());
+        r.register("devices", "Devices in the registry (heard from at least once)", m.devices.clone());
+        r.register(
+            "devices_registered",
+            "Devices registered when first heard from",
+            m.devices_registered.clone(),
+        );
         registry.register_collector(Box::new(ProcessCollector::new()));
         m
     }

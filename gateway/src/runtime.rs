@@ -9,6 +9,7 @@
 
 use crate::config::{Config, MqttConfig};
 use crate::health::{Health, Status};
+use crate::live::LiveState;
 use crate::metrics::GatewayMetrics;
 use fieldgate_adapters::mqtt::Broker;
 use fieldgate_adapters::{AdapterMetrics, LinkState};
@@ -57,6 +58,7 @@ pub struct Running {
     /// Where `/metrics` and `/healthz` are served (useful when the config asked for port 0).
     pub http_addr: SocketAddr,
     health: Health,
+    live: LiveState,
     sink: ReadingSink,
     checkpointed: tokio::sync::watch::Receiver<u64>,
     tasks: JoinSet<TaskResult>,
@@ -82,7 +84,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let adapter_metrics = AdapterMetrics::register(&mut registry);
     let registry = Arc::new(registry);
 
-    // HTTP first, so /healthz can say "store starting" during a long WAL recovery.
+    // HTTP first, so /healthz can say "store starting" during a long WAL recovery. The
+    // registry is filled in once the store has opened (it cleans temporary state files).
+    let live = LiveState::default();
     let http_error =
         |source| RunError::Bind { what: "HTTP (metrics, health)", addr: config.http.listen, source };
     let listener = tokio::net::TcpListener::bind(config.http.listen).await.map_err(http_error)?;
@@ -93,6 +97,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let mut running = Running {
         http_addr,
         health: health.clone(),
+        live: live.clone(),
         sink,
         // Replaced by the store's own once it has opened, below.
         checkpointed: tokio::sync::watch::channel(0).1,
@@ -106,7 +111,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let stop = running.servers_shutdown.clone();
     running.spawn_server("http", {
         let health = health.clone();
-        async move { crate::http::serve(listener, registry, health, stop).await.map_err(|e| e.to_string()) }
+        let live = live.clone();
+        async move {
+            crate::http::serve(listener, registry, health, live, stop).await.map_err(|e| e.to_string())
+        }
     });
     health.set("http", Status::Up, format!("serving on {http_addr}"));
 
@@ -124,8 +132,19 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     }
     // Open means writing: say so before "gateway started", not when the watcher first runs.
     health.set("store", Status::Up, "writing");
+    live.replace_with(load_registry(data_dir));
     running.checkpointed = store.checkpointed();
-    running.spawn("router", crate::router::run(submissions, store.sink(), metrics, shutdown.clone()));
+    running.spawn(
+        "router",
+        crate::router::run(
+            submissions,
+            store.sink(),
+            live.clone(),
+            data_dir.clone(),
+            metrics,
+            shutdown.clone(),
+        ),
+    );
     running.spawn("store", watch_store(store, health.clone(), shutdown.clone()));
     match config.mqtt.clone() {
         Some(MqttConfig::External(mqtt)) => {
@@ -159,6 +178,26 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     health.set("gateway", Status::Up, format!("gateway `{}` running", config.gateway.id));
     tracing::info!(gateway = %config.gateway.id, %http_addr, data_dir = %data_dir.display(), "gateway started");
     Ok(running)
+}
+
+/// The saved device registry. One that cannot be read is set aside (kept for inspection) and
+/// the gateway starts with an empty registry: devices register again as they are heard.
+fn load_registry(data_dir: &std::path::Path) -> LiveState {
+    match LiveState::load(data_dir) {
+        Ok(live) => {
+            tracing::info!(devices = live.len(), "device registry loaded");
+            live
+        }
+        Err(e) => {
+            let aside = fieldgate_store::state::set_aside(data_dir, crate::live::FILE);
+            tracing::error!(
+                error = %e,
+                set_aside = ?aside.as_ref().map(|p| p.display().to_string()),
+                "the device registry is unreadable; starting with an empty one"
+            );
+            LiveState::default()
+        }
+    }
 }
 
 /// Start the gateway and run it until `shutdown` fires or a task fails.
@@ -242,6 +281,11 @@ impl Running {
 
     fn name(&self, id: Id) -> String {
         self.names.get(&id).map_or_else(|| format!("task {id}"), |n| (*n).to_owned())
+    }
+
+    /// The live state: the device registry and the latest values.
+    pub fn live(&self) -> &LiveState {
+        &self.live
     }
 
     /// The health table (for in-process callers such as tests).

@@ -5,6 +5,7 @@
 //! rollups/window=1m/date=2026-11-24/part-<first_ts>-<seq>.parquet
 //! recordings/date=2026-11-24/part-<first_ts>-<seq>.parquet     raw readings, when enabled
 //! state/checkpoint-<seq>.ckpt                                   window state at a checkpoint
+//! state/devices.json, ...                                       small state files, see [`crate::state`]
 //! ```
 //! `window=` and `date=` are hive-style partitions, so DuckDB (`hive_partitioning = true`),
 //! polars and pyarrow see them as columns. `first_ts` is the earliest window start (or reading

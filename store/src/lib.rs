@@ -21,6 +21,7 @@ pub mod files;
 pub mod layout;
 mod metrics;
 mod retention;
+pub mod state;
 mod store;
 pub mod wal;
 pub mod window;

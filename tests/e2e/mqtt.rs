@@ -252,3 +252,57 @@ fn a_gateway_killed_with_its_embedded_broker_loses_nothing_and_counts_nothing_tw
     let (gw, addr) = kill_mid_stream(gw, &config, port, 20_000);
     stop_and_check(gw, addr, &dir.path().join("data"), 20_000);
 }
+
+/// The device entry of `device` in `/devices`.
+fn device_entry(addr: SocketAddr, device: &str) -> serde_json::Value {
+    let (status, _, body) = fieldgate_tests::http_get(addr, "/devices");
+    assert_eq!(status, 200, "{body}");
+    let all: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+    all.into_iter().find(|d| d["device"] == device).unwrap_or_else(|| panic!("{device} not in {body}"))
+}
+
+#[test]
+fn devices_heard_for_the_first_time_are_registered_and_remembered_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = embedded_config(dir.path(), 0);
+    let mut gw = GatewayProcess::spawn(&["run", "--config", config.to_str().unwrap()]);
+    let port = gw.wait_broker().port();
+    let addr = gw.wait_started();
+    // dev-1's second message is older than its first: the latest value stays the newer one.
+    mqtt_publish(
+        port,
+        &[
+            ("fleet/dev-1/telemetry".into(), format!(r#"{{"ts": {}, "fill_kg": 7}}"#, BASE_MS + 1000)),
+            ("fleet/dev-1/telemetry".into(), format!(r#"{{"ts": {BASE_MS}, "fill_kg": 6}}"#)),
+            ("sensors/probe-1/moisture".into(), "31.5".into()),
+        ],
+    );
+    wait_metric(addr, RECEIVED, 3.0);
+    assert_eq!(metric(addr, "fieldgate_devices_registered_total{source=\"mqtt\"}"), Some(2.0));
+    assert_eq!(metric(addr, "fieldgate_devices "), Some(2.0));
+    let dev = device_entry(addr, "dev-1");
+    assert_eq!((&dev["source"], &dev["readings"]), (&serde_json::json!("mqtt"), &serde_json::json!(2)));
+    assert_eq!(dev["latest"]["fill_kg"]["value"], 7.0, "{dev}");
+    assert_eq!(dev["latest"]["fill_kg"]["ts"], "2026-01-01T00:00:01.000000000Z", "{dev}");
+    assert_eq!(device_entry(addr, "probe-1")["latest"]["moisture"]["value"], 31.5);
+    gw.signal(Signal::SIGTERM);
+    assert_eq!(gw.wait_exit().code(), Some(0), "{}", gw.log());
+
+    // After a restart the registry is back: same first sight, and a known device heard again
+    // is not registered again.
+    let mut gw = GatewayProcess::spawn(&["run", "--config", config.to_str().unwrap()]);
+    let port = gw.wait_broker().port();
+    let addr = gw.wait_started();
+    assert_eq!(device_entry(addr, "dev-1")["first_seen"], dev["first_seen"]);
+    mqtt_publish(
+        port,
+        &[("fleet/dev-1/telemetry".into(), format!(r#"{{"ts": {}, "fill_kg": 8}}"#, BASE_MS + 2000))],
+    );
+    wait_metric(addr, RECEIVED, 1.0);
+    let again = device_entry(addr, "dev-1");
+    assert_eq!((&again["first_seen"], &again["readings"]), (&dev["first_seen"], &serde_json::json!(3)));
+    assert_ne!(again["last_seen"], dev["last_seen"]);
+    assert_eq!(metric(addr, "fieldgate_devices_registered_total{source=\"mqtt\"}"), Some(0.0));
+    gw.signal(Signal::SIGTERM);
+    assert_eq!(gw.wait_exit().code(), Some(0), "{}", gw.log());
+}

@@ -8,7 +8,9 @@
 //! [`cli::dispatch`]; tests call [`run`] or [`start`] in-process with their own shutdown token.
 
 pub mod cli;
+pub mod commands;
 pub mod config;
+pub mod grpc;
 pub mod health;
 pub mod http;
 pub mod live;

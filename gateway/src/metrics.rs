@@ -23,6 +23,14 @@ pub struct QueueLabels {
     pub queue: &'static str,
 }
 
+/// Labels of a command's outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CommandLabels {
+    pub source: &'static str,
+    /// `delivered`, `queued`, `duplicate` or `failed`.
+    pub outcome: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
@@ -41,6 +49,8 @@ pub struct GatewayMetrics {
     pub devices: Gauge,
     /// Devices registered on first sight, per protocol.
     pub devices_registered: Family<SourceLabels, Counter>,
+    /// Commands by protocol and outcome.
+    pub commands: Family<CommandLabels, Counter>,
 }
 
 impl GatewayMetrics {
@@ -52,6 +62,7 @@ impl GatewayMetrics {
             queue_capacity: Family::default(),
             devices: Gauge::default(),
             devices_registered: Family::default(),
+            commands: Family::default(),
         };
         // Every protocol shows up from the start, at zero, so rates and alerts work at once.
         for s in fieldgate_proto::Source::ALL {
@@ -75,6 +86,7 @@ impl GatewayMetrics {
             "Devices registered when first heard from",
             m.devices_registered.clone(),
         );
+        r.register("commands", "Commands to devices, by protocol and outcome", m.commands.clone());
         registry.register_collector(Box::new(ProcessCollector::new()));
         m
     }

@@ -7,11 +7,12 @@
 //! cancellation, drains and flushes, and the gateway waits up to `gateway.shutdown_timeout`,
 //! then names whatever is still pending.
 
-use crate::config::{Config, MqttConfig};
+use crate::commands::Dispatcher;
+use crate::config::{Config, MqttBroker};
 use crate::health::{Health, Status};
 use crate::live::LiveState;
 use crate::metrics::GatewayMetrics;
-use fieldgate_adapters::mqtt::Broker;
+use fieldgate_adapters::mqtt::{Broker, MqttCommands};
 use fieldgate_adapters::{AdapterMetrics, LinkState};
 use fieldgate_proto::ReadingSink;
 use fieldgate_store::{Store, StoreMetrics, StoreStatus};
@@ -57,6 +58,8 @@ type TaskResult = Result<(), String>;
 pub struct Running {
     /// Where `/metrics` and `/healthz` are served (useful when the config asked for port 0).
     pub http_addr: SocketAddr,
+    /// Where the gRPC API is served, when it is on.
+    pub grpc_addr: Option<SocketAddr>,
     health: Health,
     live: LiveState,
     sink: ReadingSink,
@@ -96,6 +99,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let (sink, submissions) = ReadingSink::channel(config.store.queue_batches);
     let mut running = Running {
         http_addr,
+        grpc_addr: None,
         health: health.clone(),
         live: live.clone(),
         sink,
@@ -141,23 +145,28 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             store.sink(),
             live.clone(),
             data_dir.clone(),
-            metrics,
+            metrics.clone(),
             shutdown.clone(),
         ),
     );
     running.spawn("store", watch_store(store, health.clone(), shutdown.clone()));
-    match config.mqtt.clone() {
-        Some(MqttConfig::External(mqtt)) => {
+    let mut mqtt_commands = None;
+    let mqtt = config.mqtt.clone();
+    match mqtt.as_ref().map(|m| m.broker.clone()) {
+        Some(MqttBroker::External(settings)) => {
+            let m = mqtt.as_ref().expect("mqtt is on");
+            let (commands, requests) = MqttCommands::external(m.command_topic.clone(), m.command_timeout);
+            mqtt_commands = Some(commands);
             let (state, link) = tokio::sync::watch::channel(LinkState::Connecting("starting".into()));
             running.spawn("mqtt-health", report_link("mqtt", link, health.clone(), shutdown.clone()));
             let (sink, metrics, stop) = (running.sink(), adapter_metrics.clone(), shutdown.clone());
             running.spawn("mqtt", async move {
-                fieldgate_adapters::mqtt::run(mqtt, sink, metrics, state, stop)
+                fieldgate_adapters::mqtt::run(settings, sink, requests, metrics, state, stop)
                     .await
                     .map_err(|e| e.to_string())
             });
         }
-        Some(MqttConfig::Embedded { listen, broker }) => {
+        Some(MqttBroker::Embedded { listen, broker }) => {
             let bind_error = |source| RunError::Bind {
                 what: "the embedded MQTT broker (another broker on this port? set [mqtt.embedded] listen, \
                        or [mqtt.external] to use it)",
@@ -167,6 +176,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             let listener = tokio::net::TcpListener::bind(listen).await.map_err(bind_error)?;
             let addr = listener.local_addr().map_err(bind_error)?;
             let broker = Broker::new(broker, running.sink(), adapter_metrics.clone());
+            let m = mqtt.as_ref().expect("mqtt is on");
+            mqtt_commands =
+                Some(MqttCommands::embedded(broker.clone(), m.command_topic.clone(), m.command_timeout));
             let stop = shutdown.clone();
             running
                 .spawn("mqtt", async move { broker.serve(listener, stop).await.map_err(|e| e.to_string()) });
@@ -175,8 +187,27 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         }
         None => {}
     }
+    let dispatcher = Arc::new(Dispatcher::new(live.clone(), mqtt_commands, metrics));
+    if let Some(grpc) = config.grpc.clone() {
+        let bind_error = |source| RunError::Bind { what: "the gRPC API", addr: grpc.listen, source };
+        let listener = tokio::net::TcpListener::bind(grpc.listen).await.map_err(bind_error)?;
+        let addr = listener.local_addr().map_err(bind_error)?;
+        let stop = running.servers_shutdown.clone();
+        running.spawn_server("grpc", async move {
+            crate::grpc::serve(listener, dispatcher, grpc.token, stop).await.map_err(|e| e.to_string())
+        });
+        running.grpc_addr = Some(addr);
+        health.set("grpc", Status::Up, format!("serving on {addr}"));
+    }
     health.set("gateway", Status::Up, format!("gateway `{}` running", config.gateway.id));
-    tracing::info!(gateway = %config.gateway.id, %http_addr, data_dir = %data_dir.display(), "gateway started");
+    let grpc_addr = running.grpc_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into());
+    tracing::info!(
+        gateway = %config.gateway.id,
+        %http_addr,
+        grpc_addr,
+        data_dir = %data_dir.display(),
+        "gateway started"
+    );
     Ok(running)
 }
 
@@ -387,6 +418,7 @@ mod tests {
             http: HttpConfig { listen: SocketAddr::from(([127, 0, 0, 1], 0)) },
             store: fieldgate_store::StoreConfig::new(dir.join("data")),
             mqtt: None,
+            grpc: None,
         }
     }
 

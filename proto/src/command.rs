@@ -85,3 +85,38 @@ impl Task {
         }
     }
 }
+
+/// How far a command got when it was handed to its adapter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Confirmed by the protocol (MQTT PUBACK, Modbus write response).
+    Delivered,
+    /// Held in the device's queue; it goes out at the next chance the protocol gives.
+    Queued,
+    /// A command with this id was already accepted; nothing was sent again.
+    Duplicate,
+}
+
+/// The outcome of a command that was accepted, with a line for the operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sent {
+    pub delivery: Delivery,
+    pub detail: String,
+}
+
+/// Why a command was not delivered. Each maps to a gRPC status code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    /// The gateway has never heard of the device and has no configuration for it.
+    #[error("unknown device: {0}")]
+    UnknownDevice(String),
+    /// The device's protocol cannot carry this command.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The way to the device is down now (broker disconnected, nobody subscribed); retry later.
+    #[error("{0}")]
+    Unreachable(String),
+    /// Sent, but not confirmed in time; it may still arrive.
+    #[error("{0}")]
+    Timeout(String),
+}

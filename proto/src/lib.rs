@@ -17,7 +17,7 @@ mod reading;
 mod time;
 pub mod wire;
 
-pub use command::{Action, Command, CommandId, Instruction, Task};
+pub use command::{Action, Command, CommandError, CommandId, Delivery, Instruction, Sent, Task};
 pub use id::{DeviceId, IdError, MAX_NAME_LEN, Metric};
 pub use ingest::{Ack, Durable, IngestError, ReadingSink, Submission};
 pub use reading::{Quality, Reading, Source};

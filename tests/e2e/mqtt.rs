@@ -3,8 +3,10 @@
 //! while the gateway keeps going, and nothing is lost or counted twice when the gateway is
 //! killed mid-stream or the broker restarts.
 
+use fieldgate_proto::v1;
 use fieldgate_tests::{
-    GatewayProcess, Mosquitto, free_port, metric, mqtt_publish, rollup_rows, wait_metric, write_config,
+    GatewayProcess, Mosquitto, Subscriber, free_port, metric, mqtt_publish, rollup_rows, send_command,
+    wait_metric, write_config,
 };
 use nix::sys::signal::Signal;
 use std::net::SocketAddr;
@@ -303,6 +305,95 @@ fn devices_heard_for_the_first_time_are_registered_and_remembered_across_restart
     assert_eq!((&again["first_seen"], &again["readings"]), (&dev["first_seen"], &serde_json::json!(3)));
     assert_ne!(again["last_seen"], dev["last_seen"]);
     assert_eq!(metric(addr, "fieldgate_devices_registered_total{source=\"mqtt\"}"), Some(0.0));
+    gw.signal(Signal::SIGTERM);
+    assert_eq!(gw.wait_exit().code(), Some(0), "{}", gw.log());
+}
+
+/// A command setting `target_rpm` of `device` to `value`.
+fn set_rpm(id: &str, device: &str, value: f64) -> v1::Command {
+    v1::Command {
+        id: id.into(),
+        device: device.into(),
+        created_ns: 0,
+        action: Some(v1::command::Action::Set(v1::SetValue { metric: "target_rpm".into(), value })),
+    }
+}
+
+/// Commands through the gateway's gRPC API reach a device subscribed at the broker on `port`
+/// as JSON on its command topic; a repeated id is not sent again; an unknown device is refused.
+/// `addr` and `grpc` are the gateway's HTTP and gRPC addresses.
+fn commands_reach_the_device(
+    addr: SocketAddr,
+    grpc: SocketAddr,
+    port: u16,
+    token: Option<&str>,
+) -> Subscriber {
+    let unknown = send_command(grpc, token, set_rpm("c-0", "pump-3", 1.0)).unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound, "{unknown:?}");
+    mqtt_publish(port, &[("sensors/pump-3/rpm".into(), "900".into())]);
+    wait_metric(addr, RECEIVED, 1.0);
+
+    let mut device = Subscriber::start(port, "fieldgate/pump-3/command");
+    let sent = send_command(grpc, token, set_rpm("c-1", "pump-3", 1200.0)).unwrap();
+    assert_eq!(sent.status(), v1::DeliveryStatus::Delivered, "{sent:?}");
+    let (topic, payload) = device.next_message();
+    assert_eq!(topic, "fieldgate/pump-3/command");
+    let json: serde_json::Value = serde_json::from_str(&payload).unwrap();
+    assert_eq!(
+        (&json["id"], &json["device"], &json["action"], &json["metric"], &json["value"]),
+        (&"c-1".into(), &"pump-3".into(), &"set".into(), &"target_rpm".into(), &1200.0.into()),
+        "{payload}"
+    );
+    let again = send_command(grpc, token, set_rpm("c-1", "pump-3", 1300.0)).unwrap();
+    assert_eq!(again.status(), v1::DeliveryStatus::Duplicate, "{again:?}");
+    // The next message the device gets is the next command: the repeat was not sent.
+    let next = send_command(grpc, token, set_rpm("c-2", "pump-3", 5.0)).unwrap();
+    assert_eq!(next.status(), v1::DeliveryStatus::Delivered, "{next:?}");
+    let (_, payload) = device.next_message();
+    assert!(payload.contains(r#""id":"c-2""#), "{payload}");
+    let count = |outcome: &str| {
+        metric(addr, &format!("fieldgate_commands_total{{source=\"mqtt\",outcome=\"{outcome}\"}}"))
+    };
+    assert_eq!((count("delivered"), count("duplicate")), (Some(2.0), Some(1.0)));
+    device
+}
+
+#[test]
+fn commands_reach_a_device_through_the_embedded_broker_with_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_with(
+        dir.path(),
+        "[mqtt.embedded]\nlisten = \"127.0.0.1:0\"\n\n[grpc]\nlisten = \"127.0.0.1:0\"\ntoken = \"s3cret\"\n",
+    );
+    let mut gw = GatewayProcess::spawn(&["run", "--config", config.to_str().unwrap()]);
+    let port = gw.wait_broker().port();
+    let (addr, grpc) = (gw.wait_started(), gw.grpc_addr());
+    let refused = send_command(grpc, None, set_rpm("c-9", "pump-3", 1.0)).unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    let device = commands_reach_the_device(addr, grpc, port, Some("s3cret"));
+    // Nobody listens once the device is gone: the call says so instead of dropping it.
+    drop(device);
+    let gone = loop {
+        match send_command(grpc, Some("s3cret"), set_rpm("c-3", "pump-3", 1.0)) {
+            Err(e) if e.code() == tonic::Code::Unavailable => break e,
+            // The broker has not yet noticed the subscriber's connection closing.
+            Err(e) if e.code() == tonic::Code::DeadlineExceeded => continue,
+            other => panic!("expected UNAVAILABLE, got {other:?}"),
+        }
+    };
+    assert!(gone.message().contains("no MQTT client subscribes to `fieldgate/pump-3/command`"), "{gone:?}");
+    gw.signal(Signal::SIGTERM);
+    assert_eq!(gw.wait_exit().code(), Some(0), "{}", gw.log());
+}
+
+#[test]
+fn commands_reach_a_device_through_mosquitto() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let mut gw = GatewayProcess::spawn(&["run", "--config", config(dir.path(), &broker).to_str().unwrap()]);
+    gw.wait_for("mqtt subscribed");
+    let (addr, grpc) = (gw.wait_started(), gw.grpc_addr());
+    commands_reach_the_device(addr, grpc, broker.port, None);
     gw.signal(Signal::SIGTERM);
     assert_eq!(gw.wait_exit().code(), Some(0), "{}", gw.log());
 }

@@ -122,6 +122,13 @@ impl GatewayProcess {
         e["http_addr"].as_str().unwrap().parse().unwrap()
     }
 
+    /// The gRPC address from `gateway started` (after [`GatewayProcess::wait_started`]).
+    pub fn grpc_addr(&mut self) -> SocketAddr {
+        let e = self.seen.iter().rev().find(|e| e["message"] == "gateway started").cloned();
+        let e = e.unwrap_or_else(|| self.wait_for("gateway started"));
+        e["grpc_addr"].as_str().unwrap().parse().unwrap()
+    }
+
     /// Send a signal to the process.
     pub fn signal(&self, signal: nix::sys::signal::Signal) {
         let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap());
@@ -172,12 +179,14 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, Vec<(String, String)>, St
 }
 
 /// Write a gateway config into `dir` with an HTTP port chosen by the OS, plus `extra` TOML.
-/// Unless `extra` configures MQTT, the embedded broker listens on a port chosen by the OS too.
+/// Unless `extra` configures them, the embedded broker and the gRPC API listen on ports
+/// chosen by the OS too.
 pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
     let path = dir.join("fieldgate.toml");
     let mqtt = if extra.contains("[mqtt") { "" } else { "\n[mqtt.embedded]\nlisten = \"127.0.0.1:0\"\n" };
+    let grpc = if extra.contains("[grpc]") { "" } else { "\n[grpc]\nlisten = \"127.0.0.1:0\"\n" };
     let text = format!(
-        "[gateway]\nid = \"test-gw\"\ndata_dir = \"data\"\nshutdown_timeout = \"20s\"\n\n[http]\nlisten = \"127.0.0.1:0\"\n{extra}{mqtt}"
+        "[gateway]\nid = \"test-gw\"\ndata_dir = \"data\"\nshutdown_timeout = \"20s\"\n\n[http]\nlisten = \"127.0.0.1:0\"\n{extra}{mqtt}{grpc}"
     );
     std::fs::write(&path, text).unwrap();
     path
@@ -338,6 +347,95 @@ c.loop_stop()
         "publishing failed (is paho-mqtt installed? .ci/install-test-deps installs it): {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A device listening for its commands: `mosquitto_sub` subscribed at QoS 1 to a filter,
+/// printing `topic payload` lines. [`Subscriber::start`] returns once the broker confirmed the
+/// subscription (SUBACK), so nothing published afterwards can be missed.
+#[derive(Debug)]
+pub struct Subscriber {
+    child: Child,
+    lines: Receiver<String>,
+}
+
+impl Subscriber {
+    pub fn start(port: u16, filter: &str) -> Self {
+        // Line-buffered: into a pipe, mosquitto_sub would hold its output back.
+        let mut child = Command::new("stdbuf")
+            .args(["-oL", "mosquitto_sub", "-d", "-h", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-q", "1", "-v", "-t", filter])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto_sub is needed by this test (.ci/install-test-deps installs it)");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut sub = Subscriber { child, lines };
+        sub.next_line(|l| l.contains("received SUBACK"));
+        sub
+    }
+
+    fn next_line(&mut self, want: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + EVENT_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if want(&l) => return l,
+                Ok(_) => {}
+                Err(e) => panic!("mosquitto_sub: no expected line within {EVENT_TIMEOUT:?}: {e}"),
+            }
+        }
+    }
+
+    /// The next message: its topic and payload.
+    pub fn next_message(&mut self) -> (String, String) {
+        // Debug lines start with "Client " or "Subscribed"; messages with their topic.
+        let line = self.next_line(|l| !l.starts_with("Client ") && !l.starts_with("Subscribed"));
+        let (topic, payload) = line.split_once(' ').unwrap_or((&line, ""));
+        (topic.to_owned(), payload.to_owned())
+    }
+
+    /// Whatever arrived that is not debug output, without waiting.
+    pub fn pending_messages(&mut self) -> Vec<String> {
+        self.lines.try_iter().filter(|l| !l.starts_with("Client ") && !l.starts_with("Subscribed")).collect()
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Send `command` to the gateway's gRPC API at `addr`, with a bearer `token` if given.
+pub fn send_command(
+    addr: SocketAddr,
+    token: Option<&str>,
+    command: fieldgate_proto::v1::Command,
+) -> Result<fieldgate_proto::v1::SendResponse, tonic::Status> {
+    use fieldgate_proto::v1::command_service_client::CommandServiceClient;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut request = tonic::Request::new(fieldgate_proto::v1::SendRequest { command: Some(command) });
+        if let Some(t) = token {
+            request.metadata_mut().insert("authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        CommandServiceClient::new(channel).send(request).await.map(tonic::Response::into_inner)
+    })
 }
 
 impl Drop for Mosquitto {

@@ -16,7 +16,7 @@ pub use secret::{Secret, SecretSpec};
 pub use units::{ByteSize, HumanDuration};
 
 use fieldgate_adapters::mqtt::{
-    BrokerSettings, Field, Mapping, MqttSettings, PayloadFormat, TimestampUnit, TopicPattern,
+    BrokerSettings, CommandTopic, Field, Mapping, MqttSettings, PayloadFormat, TimestampUnit, TopicPattern,
 };
 use fieldgate_proto::{DeviceId, Metric};
 use fieldgate_store::{Retention, StoreConfig};
@@ -33,13 +33,31 @@ pub struct Config {
     pub store: StoreConfig,
     /// How MQTT devices reach the gateway; `None` when `[mqtt] enabled = false`.
     pub mqtt: Option<MqttConfig>,
+    /// The gRPC API; `None` when `[grpc] enabled = false`.
+    pub grpc: Option<GrpcConfig>,
+}
+
+/// MQTT: the broker, and where commands go.
+#[derive(Debug, Clone)]
+pub struct MqttConfig {
+    pub broker: MqttBroker,
+    pub command_topic: CommandTopic,
+    pub command_timeout: Duration,
 }
 
 /// The embedded broker, or a client of an external one.
 #[derive(Debug, Clone)]
-pub enum MqttConfig {
+pub enum MqttBroker {
     Embedded { listen: SocketAddr, broker: BrokerSettings },
     External(MqttSettings),
+}
+
+/// The gRPC server.
+#[derive(Debug, Clone)]
+pub struct GrpcConfig {
+    pub listen: SocketAddr,
+    /// The bearer token calls must carry, if any.
+    pub token: Option<Secret>,
 }
 
 /// Mappings used when the config gives none: `fieldgate/<device>` carries a JSON object (its
@@ -116,12 +134,36 @@ impl Validator {
         let gateway = self.gateway(raw.gateway, base);
         let store = self.store(raw.store, &gateway.data_dir);
         let mqtt = self.mqtt(raw.mqtt, &gateway.id, env);
+        let grpc = self.grpc(raw.grpc, env);
         Config {
             gateway,
             http: HttpConfig { listen: self.address("http.listen", &raw.http.listen) },
             store,
             mqtt,
+            grpc,
         }
+    }
+
+    fn grpc(&mut self, raw: raw::RawGrpc, env: &dyn Fn(&str) -> Option<String>) -> Option<GrpcConfig> {
+        let listen = self.address("grpc.listen", &raw.listen);
+        let token = raw.token.and_then(|t| match t.resolve(env) {
+            Ok(secret) if secret.expose().is_empty() => {
+                self.problem("grpc.token", "the token is empty");
+                None
+            }
+            Ok(secret) => Some(secret),
+            Err(e) => {
+                self.problem("grpc.token", e);
+                None
+            }
+        });
+        if raw.enabled && token.is_none() && !listen.ip().is_loopback() {
+            self.problem(
+                "grpc.listen",
+                "the gRPC API sends commands to machines: beyond loopback it needs a `token` in [grpc]",
+            );
+        }
+        raw.enabled.then_some(GrpcConfig { listen, token })
     }
 
     fn gateway(&mut self, raw: raw::RawGateway, base: &Path) -> GatewayConfig {
@@ -243,6 +285,16 @@ impl Validator {
                 .filter_map(|(i, m)| self.mapping(&format!("mqtt.mapping[{i}]"), m, max_payload as usize))
                 .collect()
         };
+        let command_topic = CommandTopic::parse(&raw.command_topic).unwrap_or_else(|e| {
+            self.problem("mqtt.command_topic", e.to_string());
+            CommandTopic::parse(CommandTopic::DEFAULT).expect("the default is valid")
+        });
+        let command_timeout = self.duration(
+            "mqtt.command_timeout",
+            raw.command_timeout,
+            Duration::from_millis(100),
+            Duration::from_secs(600),
+        );
         // Room for the payload plus the topic and the packet header.
         let max_packet = max_payload as usize + 64 * 1024;
         let mut secret = |path: &str, spec: Option<SecretSpec>, username: &Option<String>| {
@@ -258,7 +310,7 @@ impl Validator {
             }
             password
         };
-        let config = match (raw.embedded, raw.external) {
+        let broker = match (raw.embedded, raw.external) {
             (Some(_), Some(_)) => {
                 self.problem(
                     "mqtt.external",
@@ -268,12 +320,12 @@ impl Validator {
             }
             (None, Some(mut ext)) => {
                 let password = secret("mqtt.external.password", ext.password.take(), &ext.username);
-                MqttConfig::External(self.external(ext, password, gateway_id, max_packet, mappings))
+                MqttBroker::External(self.external(ext, password, gateway_id, max_packet, mappings))
             }
             (embedded, None) => {
                 let e = embedded.unwrap_or_default();
                 let password = secret("mqtt.embedded.password", e.password, &e.username);
-                MqttConfig::Embedded {
+                MqttBroker::Embedded {
                     listen: self.address("mqtt.embedded.listen", &e.listen),
                     broker: BrokerSettings {
                         username: e.username,
@@ -287,7 +339,7 @@ impl Validator {
                 }
             }
         };
-        raw.enabled.then_some(config)
+        raw.enabled.then_some(MqttConfig { broker, command_topic, command_timeout })
     }
 
     fn external(

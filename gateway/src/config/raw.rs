@@ -18,6 +18,8 @@ pub(crate) struct RawConfig {
     pub(crate) store: RawStore,
     #[serde(default)]
     pub(crate) mqtt: RawMqtt,
+    #[serde(default)]
+    pub(crate) grpc: RawGrpc,
 }
 
 #[derive(Debug, Deserialize)]
@@ -59,6 +61,30 @@ impl Default for RawHttp {
 /// metrics tell a lot about a farm.
 fn default_http_listen() -> String {
     "127.0.0.1:9464".to_owned()
+}
+
+/// `[grpc]`: the gRPC API (commands now; queries with issue 8).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawGrpc {
+    #[serde(default = "yes")]
+    pub(crate) enabled: bool,
+    #[serde(default = "default_grpc_listen")]
+    pub(crate) listen: String,
+    /// A bearer token every call must carry (`authorization: Bearer <token>`).
+    pub(crate) token: Option<SecretSpec>,
+}
+
+impl Default for RawGrpc {
+    fn default() -> Self {
+        RawGrpc { enabled: true, listen: default_grpc_listen(), token: None }
+    }
+}
+
+/// 50051 is the port gRPC examples use everywhere; loopback by default, since the API can move
+/// machines.
+fn default_grpc_listen() -> String {
+    "127.0.0.1:50051".to_owned()
 }
 
 /// `[store]`: the WAL, the windows and the Parquet files. Defaults suit a farm gateway with up
@@ -130,6 +156,20 @@ pub(crate) struct RawMqtt {
     pub(crate) external: Option<RawExternal>,
     #[serde(default, rename = "mapping")]
     pub(crate) mappings: Vec<RawMapping>,
+    /// Where commands for MQTT devices are published; `{device}` is replaced by the device id.
+    #[serde(default = "default_command_topic")]
+    pub(crate) command_topic: String,
+    /// How long a command waits for its PUBACK before the call reports a timeout.
+    #[serde(default = "default_command_timeout")]
+    pub(crate) command_timeout: HumanDuration,
+}
+
+fn default_command_topic() -> String {
+    fieldgate_adapters::mqtt::CommandTopic::DEFAULT.to_owned()
+}
+
+fn default_command_timeout() -> HumanDuration {
+    d(10)
 }
 
 impl Default for RawMqtt {
@@ -140,6 +180,8 @@ impl Default for RawMqtt {
             embedded: None,
             external: None,
             mappings: Vec::new(),
+            command_topic: default_command_topic(),
+            command_timeout: default_command_timeout(),
         }
     }
 }

@@ -240,7 +240,9 @@ format = "number"
 "#;
     let env = |k: &str| (k == "FG_MQTT_PASSWORD").then(|| "hunter2".to_owned());
     let c = Config::parse(src, Path::new("/etc/fieldgate/fieldgate.toml"), &env).unwrap();
-    let Some(MqttConfig::External(m)) = c.mqtt else { panic!("external: {:?}", c.mqtt) };
+    let Some(MqttBroker::External(m)) = c.mqtt.clone().map(|m| m.broker) else {
+        panic!("external: {:?}", c.mqtt)
+    };
     assert_eq!((m.host.as_str(), m.port, m.client_id.as_str()), ("broker.local", 1883, "fieldgate-farm"));
     assert_eq!(m.password.as_deref(), Some("hunter2"));
     assert!(!format!("{m:?}").contains("hunter2"), "Debug must not show the password");
@@ -294,7 +296,9 @@ format = "xml"
 #[test]
 fn without_an_mqtt_section_the_embedded_broker_runs_with_the_default_mappings() {
     let c = Config::parse("[gateway]\nid = \"farm\"\n", Path::new("f.toml"), &|_| None).unwrap();
-    let Some(MqttConfig::Embedded { listen, broker }) = c.mqtt else { panic!("embedded: {:?}", c.mqtt) };
+    let Some(MqttBroker::Embedded { listen, broker }) = c.mqtt.clone().map(|m| m.broker) else {
+        panic!("embedded: {:?}", c.mqtt)
+    };
     assert_eq!(listen, "127.0.0.1:1883".parse().unwrap());
     assert_eq!((broker.max_inflight, broker.max_queued, broker.username), (32, 1000, None));
     let topics: Vec<String> = broker.mappings.iter().map(|m| m.topic.to_string()).collect();
@@ -325,5 +329,40 @@ host = "broker.local"
         vec![
             "9: mqtt.external: use either [mqtt.embedded] or [mqtt.external], not both: devices connect to one broker"
         ]
+    );
+}
+
+#[test]
+fn commands_and_the_grpc_api_are_checked() {
+    let src = r#"
+[gateway]
+id = "farm"
+
+[grpc]
+listen = "0.0.0.0:50051"
+
+[mqtt]
+command_topic = "farm/commands/#"
+command_timeout = "0s"
+"#;
+    let texts: Vec<String> = located(src).into_iter().map(|p| format!("{}: {}", p.0, p.2)).collect();
+    assert_eq!(
+        texts,
+        vec![
+            "6: grpc.listen: the gRPC API sends commands to machines: beyond loopback it needs a `token` in [grpc]",
+            "9: mqtt.command_topic: the command topic `farm/commands/#` cannot contain the wildcards `+` or `#`",
+            "10: mqtt.command_timeout: must be at least 100ms, got 0s",
+        ]
+    );
+    let env = |k: &str| (k == "FG_TOKEN").then(|| "t0ken".to_owned());
+    let src =
+        "[gateway]\nid = \"farm\"\n[grpc]\nlisten = \"0.0.0.0:50051\"\ntoken = { env = \"FG_TOKEN\" }\n";
+    let c = Config::parse(src, Path::new("f.toml"), &env).unwrap();
+    let grpc = c.grpc.unwrap();
+    assert_eq!(grpc.token.unwrap().expose(), "t0ken");
+    let mqtt = c.mqtt.unwrap();
+    assert_eq!(
+        (mqtt.command_topic.as_str(), mqtt.command_timeout),
+        ("fieldgate/{device}/command", Duration::from_secs(10))
     );
 }

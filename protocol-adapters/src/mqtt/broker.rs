@@ -107,13 +107,47 @@ struct Session {
     persistent: bool,
     conn: Option<Attached>,
     /// QoS 1 messages for a persistent session whose client is away, oldest first.
-    offline: VecDeque<Publish>,
+    offline: VecDeque<Outbound>,
 }
 
 struct Attached {
     id: u64,
-    tx: mpsc::Sender<Publish>,
+    tx: mpsc::Sender<Outbound>,
     kick: CancellationToken,
+}
+
+/// A message on its way to one subscriber.
+struct Outbound {
+    message: Publish,
+    /// Told once the subscriber confirmed it (PUBACK; for QoS 0, once written): the
+    /// gateway's own messages (commands) wait for this.
+    delivered: Option<mpsc::UnboundedSender<()>>,
+}
+
+impl Outbound {
+    fn confirm(&self) {
+        if let Some(tx) = &self.delivered {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Where [`Broker::send`] put a message.
+#[derive(Debug)]
+pub struct Sent {
+    /// Subscribers connected now; the message is on its way to them.
+    pub online: usize,
+    /// Persistent sessions whose client is away; the message waits in their queue.
+    pub offline: usize,
+    /// Receives one `()` per subscriber that confirmed the message.
+    pub delivered: mpsc::UnboundedReceiver<()>,
+}
+
+/// How many sessions a routed message reached.
+#[derive(Debug, Default, Clone, Copy)]
+struct Reach {
+    online: usize,
+    offline: usize,
 }
 
 impl Broker {
@@ -155,12 +189,13 @@ impl Broker {
         result
     }
 
-    /// Route a message from the gateway itself (a command) to the subscribers of `topic`;
-    /// returns how many sessions it was queued for.
-    pub fn publish(&self, topic: &str, payload: Bytes, qos: QoS, retain: bool) -> usize {
-        let mut message = Publish::from_bytes(topic, qos, payload);
-        message.retain = retain;
-        self.inner.route(&message)
+    /// Route a message from the gateway itself (a command) at QoS 1 to the subscribers of
+    /// `topic`, not retained. [`Sent::delivered`] tells when each subscriber acknowledged it.
+    pub fn send(&self, topic: &str, payload: Bytes) -> Sent {
+        let message = Publish::from_bytes(topic, QoS::AtLeastOnce, payload);
+        let (tx, delivered) = mpsc::unbounded_channel();
+        let reach = self.inner.route(&message, Some(&tx));
+        Sent { online: reach.online, offline: reach.offline, delivered }
     }
 
     async fn connection(self, stream: TcpStream, peer: SocketAddr, shutdown: CancellationToken) {
@@ -196,7 +231,8 @@ impl Inner {
 
     /// Hand `message` to every session with a matching filter, at the lower of the message's
     /// and the subscription's QoS; keep it if retained. Returns the sessions it reached.
-    fn route(&self, message: &Publish) -> usize {
+    /// `delivered` is told of each subscriber's acknowledgement.
+    fn route(&self, message: &Publish, delivered: Option<&mpsc::UnboundedSender<()>>) -> Reach {
         let mut router = self.lock();
         if message.retain {
             if message.payload.is_empty() {
@@ -208,7 +244,7 @@ impl Inner {
                 router.retained.insert(message.topic.clone(), kept);
             }
         }
-        let mut reached = 0;
+        let mut reach = Reach::default();
         for session in router.sessions.values_mut() {
             let granted = session
                 .filters
@@ -222,26 +258,35 @@ impl Inner {
                 copy.retain = false;
                 copy.dup = false;
                 copy.pkid = 0;
-                reached += 1;
-                self.deliver(session, copy);
+                let outbound = Outbound { message: copy, delivered: delivered.cloned() };
+                if self.deliver(session, outbound) {
+                    reach.online += 1;
+                } else {
+                    reach.offline += 1;
+                }
             }
         }
-        reached
+        reach
     }
 
     /// Queue `message` for one session: to its connection, or while it is away (persistent,
-    /// QoS 1) in its offline queue. Counted when dropped for lack of room.
-    fn deliver(&self, session: &mut Session, message: Publish) {
+    /// QoS 1) in its offline queue. Counted when dropped for lack of room. Returns whether
+    /// the session's client is connected.
+    fn deliver(&self, session: &mut Session, message: Outbound) -> bool {
         if let Some(conn) = &session.conn {
             if conn.tx.try_send(message).is_err() {
                 self.metrics.mqtt_dropped.inc();
             }
-        } else if session.persistent && message.qos != QoS::AtMostOnce {
-            if session.offline.len() >= self.settings.max_queued {
-                session.offline.pop_front();
-                self.metrics.mqtt_dropped.inc();
+            true
+        } else {
+            if session.persistent && message.message.qos != QoS::AtMostOnce {
+                if session.offline.len() >= self.settings.max_queued {
+                    session.offline.pop_front();
+                    self.metrics.mqtt_dropped.inc();
+                }
+                session.offline.push_back(message);
             }
-            session.offline.push_back(message);
+            false
         }
     }
 }
@@ -328,10 +373,10 @@ struct Connection {
     /// QoS 2 packet ids received (PUBREC sent or owed) and not yet released.
     awaiting_release: HashSet<u16>,
     /// QoS 1 messages sent and not yet acknowledged, in send order.
-    inflight: VecDeque<Publish>,
+    inflight: VecDeque<Outbound>,
     /// Messages waiting for room in flight.
-    waiting: VecDeque<Publish>,
-    rx: Option<mpsc::Receiver<Publish>>,
+    waiting: VecDeque<Outbound>,
+    rx: Option<mpsc::Receiver<Outbound>>,
     next_pkid: u16,
     will: Option<Publish>,
     /// Whether the session was attached (so `finish` detaches it).
@@ -519,8 +564,8 @@ impl Connection {
             match packet {
                 Packet::Publish(p) => self.received(p).await?,
                 Packet::PubAck(a) => {
-                    if let Some(at) = self.inflight.iter().position(|m| m.pkid == a.pkid) {
-                        self.inflight.remove(at);
+                    if let Some(at) = self.inflight.iter().position(|m| m.message.pkid == a.pkid) {
+                        self.inflight.remove(at).expect("present").confirm();
                     }
                     self.pump();
                 }
@@ -579,7 +624,7 @@ impl Connection {
         };
         let metrics = &self.inner.metrics;
         metrics.mqtt_messages.inc();
-        let reached = self.inner.route(&p);
+        let reached = self.inner.route(&p, None);
         let received = Timestamp::now();
         let owed = match decode(&self.inner.settings.mappings, &p.topic, &p.payload, received) {
             Ok(readings) => match self.inner.sink.submit(readings, received).await {
@@ -588,7 +633,7 @@ impl Connection {
             },
             // A topic for other subscribers (a dashboard, a command) is not an error; one that
             // nothing wants is.
-            Err(Rejection::UnknownTopic) if reached > 0 => reply.map(Owed::Ready),
+            Err(Rejection::UnknownTopic) if reached.online + reached.offline > 0 => reply.map(Owed::Ready),
             Err(rejection) => {
                 metrics.rejected("mqtt", rejection.reason(), &p.topic, &rejection);
                 reply.map(Owed::Ready)
@@ -642,7 +687,7 @@ impl Connection {
             if let Some((_, q)) = added.iter().find(|(f, _)| filter_matches(f, &kept.topic)) {
                 let mut copy = kept.clone();
                 copy.qos = min_qos(kept.qos, *q);
-                self.waiting.push_back(copy);
+                self.waiting.push_back(Outbound { message: copy, delivered: None });
             }
         }
         drop(router);
@@ -653,13 +698,14 @@ impl Connection {
     fn pump(&mut self) {
         while self.inflight.len() < usize::from(self.inner.settings.max_inflight) {
             let Some(mut m) = self.waiting.pop_front() else { break };
-            if m.qos == QoS::AtMostOnce {
-                m.pkid = 0;
-                self.queue(Packet::Publish(m));
+            if m.message.qos == QoS::AtMostOnce {
+                m.message.pkid = 0;
+                self.queue(Packet::Publish(m.message.clone()));
+                m.confirm();
                 continue;
             }
-            m.pkid = self.pkid();
-            self.queue(Packet::Publish(m.clone()));
+            m.message.pkid = self.pkid();
+            self.queue(Packet::Publish(m.message.clone()));
             self.inflight.push_back(m);
         }
     }
@@ -667,7 +713,7 @@ impl Connection {
     fn pkid(&mut self) -> u16 {
         loop {
             self.next_pkid = self.next_pkid.checked_add(1).unwrap_or(1);
-            if !self.inflight.iter().any(|m| m.pkid == self.next_pkid) {
+            if !self.inflight.iter().any(|m| m.message.pkid == self.next_pkid) {
                 return self.next_pkid;
             }
         }
@@ -691,11 +737,11 @@ impl Connection {
             return;
         }
         self.inner.metrics.mqtt_clients.dec();
-        let mut unsent: Vec<Publish> = self
+        let mut unsent: Vec<Outbound> = self
             .inflight
             .drain(..)
             .map(|mut m| {
-                m.dup = true;
+                m.message.dup = true;
                 m
             })
             .chain(self.waiting.drain(..))
@@ -716,7 +762,7 @@ impl Connection {
                 if self.persistent {
                     let session = router.sessions.get_mut(&self.client_id).expect("present");
                     session.conn = None;
-                    for m in unsent.into_iter().filter(|m| m.qos != QoS::AtMostOnce) {
+                    for m in unsent.into_iter().filter(|m| m.message.qos != QoS::AtMostOnce) {
                         self.inner.deliver(session, m);
                     }
                 } else {
@@ -724,13 +770,13 @@ impl Connection {
                 }
             } else if let Some(session) = router.sessions.get_mut(&self.client_id) {
                 // Taken over: the new connection gets what this one did not deliver.
-                for m in unsent.into_iter().filter(|m| m.qos != QoS::AtMostOnce) {
+                for m in unsent.into_iter().filter(|m| m.message.qos != QoS::AtMostOnce) {
                     self.inner.deliver(session, m);
                 }
             }
         }
         if let Some(will) = self.will.take() {
-            self.inner.route(&will);
+            self.inner.route(&will, None);
         }
     }
 }

@@ -17,10 +17,11 @@
 //! the keep-alive. After a reconnect without a session on the broker, the subscriptions are
 //! made again.
 
+use super::command::{CommandRequests, Request, Tracker};
 use super::payload::{Mapping, decode};
 use crate::backoff::Backoff;
 use crate::metrics::{AdapterMetrics, LinkState};
-use fieldgate_proto::{Ack, IngestError, ReadingSink, Timestamp};
+use fieldgate_proto::{Ack, CommandError, IngestError, ReadingSink, Timestamp};
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, Publish, QoS, SubscribeFilter};
 use std::time::Duration;
@@ -92,7 +93,8 @@ enum Seen {
 /// they are acknowledged and not redelivered to the next session.
 const DRAIN: Duration = Duration::from_secs(5);
 
-/// Run the MQTT source until `shutdown`. Readings go to `sink`; the link state to `state`.
+/// Run the MQTT source until `shutdown`. Readings go to `sink`; the link state to `state`;
+/// commands come from `commands` and are published at QoS 1.
 ///
 /// Two tasks. The poller owns rumqttc's event loop and never stops polling it (a poll that is
 /// cancelled, or not resumed while other work waits, can leave PUBACKs unsent); it waits with
@@ -103,18 +105,28 @@ const DRAIN: Duration = Duration::from_secs(5);
 pub async fn run(
     settings: MqttSettings,
     sink: ReadingSink,
+    commands: CommandRequests,
     metrics: AdapterMetrics,
     state: watch::Sender<LinkState>,
     shutdown: CancellationToken,
 ) -> Result<(), MqttError> {
+    let mut commands = commands.0;
+    let tracker = Tracker::default();
+    let mut connected = false;
     let (client, eventloop) = AsyncClient::new(options(&settings), 64);
     let broker = format!("{}:{}", settings.host, settings.port);
     let filters: Vec<SubscribeFilter> =
         settings.mappings.iter().map(|m| SubscribeFilter::new(m.topic.filter(), QoS::AtLeastOnce)).collect();
     let (seen_tx, mut seen) = mpsc::unbounded_channel();
     let stop_polling = CancellationToken::new();
-    let poller =
-        tokio::spawn(poll(eventloop, seen_tx, settings.clone(), metrics.clone(), stop_polling.clone()));
+    let poller = tokio::spawn(poll(
+        eventloop,
+        seen_tx,
+        tracker.clone(),
+        settings.clone(),
+        metrics.clone(),
+        stop_polling.clone(),
+    ));
     // PUBACKs go out in arrival order (MQTT requires it), each once its batch is durable, or at
     // once when the message was rejected.
     let mut pending: FuturesOrdered<Pending> = FuturesOrdered::new();
@@ -130,6 +142,16 @@ pub async fn run(
                 Ok(publish) => { let _ = client.ack(&publish).await; }
                 Err(e) => break Err(MqttError::Store(e)),
             },
+            Some(Request { topic, payload, done }) = commands.recv() => {
+                if !connected {
+                    let why = format!("not connected to the MQTT broker {broker}; try again later");
+                    let _ = done.send(Err(CommandError::Unreachable(why)));
+                    continue;
+                }
+                tracker.queued(done);
+                // An error means the event loop is gone; the poller reports why.
+                let _ = client.publish(topic, QoS::AtLeastOnce, false, payload).await;
+            }
             event = seen.recv() => match event {
                 Some(Seen::Publish(p)) => {
                     metrics.mqtt_messages.inc();
@@ -146,6 +168,7 @@ pub async fn run(
                     }
                 }
                 Some(Seen::Connected { session_present }) => {
+                    connected = true;
                     tracing::info!(%broker, session_present, "mqtt connected");
                     if session_present {
                         // The broker kept our subscriptions and redelivers what we did not ack.
@@ -164,6 +187,7 @@ pub async fn run(
                     state.send_replace(LinkState::Up(format!("subscribed at {broker}")));
                 }
                 Some(Seen::Lost(why)) => {
+                    connected = false;
                     tracing::warn!(reason = %why, "mqtt disconnected; will reconnect with backoff");
                     state.send_replace(LinkState::Down(why));
                 }
@@ -208,6 +232,7 @@ pub async fn run(
 async fn poll(
     mut eventloop: EventLoop,
     seen: mpsc::UnboundedSender<Seen>,
+    tracker: Tracker,
     settings: MqttSettings,
     metrics: AdapterMetrics,
     stop: CancellationToken,
@@ -225,6 +250,14 @@ async fn poll(
                 Seen::Connected { session_present: ack.session_present }
             }
             Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => Seen::Subscribed,
+            Ok(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => {
+                tracker.published(pkid);
+                continue;
+            }
+            Ok(Ok(Event::Incoming(Packet::PubAck(ack)))) => {
+                tracker.acknowledged(ack.pkid);
+                continue;
+            }
             Ok(Ok(Event::Outgoing(Outgoing::Disconnect))) => return,
             Ok(Ok(_)) => continue,
             outcome => {

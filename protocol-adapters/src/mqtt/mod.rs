@@ -8,10 +8,12 @@
 
 pub mod broker;
 pub mod client;
+pub mod command;
 pub mod payload;
 pub mod topic;
 
-pub use broker::{Broker, BrokerSettings};
+pub use broker::{Broker, BrokerSettings, Sent};
 pub use client::{MqttError, MqttSettings, run};
+pub use command::{CommandRequests, CommandTopic, MqttCommands, TemplateError};
 pub use payload::{Field, Mapping, PayloadFormat, Rejection, TimestampUnit, decode};
 pub use topic::{Captures, PatternError, TopicPattern};

@@ -252,16 +252,9 @@ async fn a_persistent_session_gets_what_was_sent_while_it_was_away() {
     tractor.send(Packet::Disconnect).await;
     assert_eq!(tractor.recv().await, None);
 
-    // A command for the tractor while it is out of range.
-    assert_eq!(
-        h.broker.publish(
-            "cmd/tractor-2",
-            Bytes::from_static(b"{\"goto\":\"field-7\"}"),
-            QoS::AtLeastOnce,
-            false
-        ),
-        1
-    );
+    // A command for the tractor while it is out of range: held for its session.
+    let mut sent = h.broker.send("cmd/tractor-2", Bytes::from_static(b"{\"goto\":\"field-7\"}"));
+    assert_eq!((sent.online, sent.offline), (0, 1));
     let (mut tractor, ack) = Raw::connect(h.addr, "tractor-2", false).await;
     assert!(ack.session_present);
     let cmd = tractor.expect_publish().await;
@@ -273,13 +266,16 @@ async fn a_persistent_session_gets_what_was_sent_while_it_was_away() {
     let again = tractor.expect_publish().await;
     assert!(again.dup);
     assert_eq!(again.payload, cmd.payload);
+    assert!(sent.delivered.try_recv().is_err(), "not acknowledged yet");
     tractor.send(Packet::PubAck(PubAck::new(again.pkid))).await;
+    assert_eq!(sent.delivered.recv().await, Some(()), "the sender hears of the acknowledgement");
 
     // A clean session forgets it all.
     tractor.send(Packet::Disconnect).await;
     let (_, ack) = Raw::connect(h.addr, "tractor-2", true).await;
     assert!(!ack.session_present);
-    assert_eq!(h.broker.publish("cmd/tractor-2", Bytes::from_static(b"x"), QoS::AtLeastOnce, false), 0);
+    let sent = h.broker.send("cmd/tractor-2", Bytes::from_static(b"x"));
+    assert_eq!((sent.online, sent.offline), (0, 0));
     h.stop().await;
 }
 
@@ -291,7 +287,7 @@ async fn a_second_connection_with_the_same_id_takes_over() {
     let (mut second, ack) = Raw::connect(h.addr, "combine-1", false).await;
     assert!(ack.session_present);
     assert_eq!(first.recv().await, None, "the old connection is closed");
-    h.broker.publish("cmd/combine-1", Bytes::from_static(b"unload"), QoS::AtLeastOnce, false);
+    assert_eq!(h.broker.send("cmd/combine-1", Bytes::from_static(b"unload")).online, 1);
     assert_eq!(&second.expect_publish().await.payload[..], b"unload");
     h.stop().await;
 }
@@ -305,7 +301,7 @@ async fn a_slow_subscriber_gets_at_most_the_in_flight_window_and_the_rest_queued
     let (mut slow, _) = Raw::connect(h.addr, "slow", true).await;
     slow.subscribe("t", QoS::AtLeastOnce).await;
     for i in 0..10u8 {
-        h.broker.publish("t", Bytes::from(vec![b'0' + i]), QoS::AtLeastOnce, false);
+        h.broker.send("t", Bytes::from(vec![b'0' + i]));
     }
     let a = slow.expect_publish().await;
     let b = slow.expect_publish().await;

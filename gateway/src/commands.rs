@@ -1,0 +1,102 @@
+//! Commands down to devices: the [`Dispatcher`] takes a [`Command`] (from the gRPC
+//! `CommandService`, later from harvest coordination), finds the adapter of the device's
+//! protocol and waits for the adapter's confirmation.
+//!
+//! A command id is executed once: a repeated id of a command that was accepted (delivered or
+//! queued) answers `Duplicate` without sending anything, so a caller may retry a call whose
+//! answer it lost. A failed command may be retried with the same id. The last
+//! [`REMEMBERED`] accepted ids are kept, in memory.
+
+use crate::live::LiveState;
+use crate::metrics::{CommandLabels, GatewayMetrics};
+use fieldgate_adapters::mqtt::MqttCommands;
+use fieldgate_proto::{Command, CommandError, CommandId, Delivery, Sent, Source};
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Mutex, PoisonError};
+
+/// How many accepted command ids are remembered to refuse repeats.
+pub const REMEMBERED: usize = 10_000;
+
+/// Routes commands to the adapters.
+#[derive(Debug)]
+pub struct Dispatcher {
+    live: LiveState,
+    mqtt: Option<MqttCommands>,
+    ids: Mutex<Ids>,
+    metrics: GatewayMetrics,
+}
+
+#[derive(Debug, Default)]
+struct Ids {
+    /// Accepted ids, oldest first, and the same as a set.
+    order: VecDeque<CommandId>,
+    accepted: HashSet<CommandId>,
+    /// Ids being sent now.
+    sending: HashSet<CommandId>,
+}
+
+impl Dispatcher {
+    pub fn new(live: LiveState, mqtt: Option<MqttCommands>, metrics: GatewayMetrics) -> Self {
+        Dispatcher { live, mqtt, ids: Mutex::default(), metrics }
+    }
+
+    fn ids(&self) -> std::sync::MutexGuard<'_, Ids> {
+        self.ids.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Deliver `command` through its device's adapter.
+    pub async fn send(&self, command: Command) -> Result<Sent, CommandError> {
+        let Some(device) = self.live.device(&command.device) else {
+            return Err(CommandError::UnknownDevice(format!(
+                "`{}` has never sent a reading to this gateway, so its protocol is unknown",
+                command.device
+            )));
+        };
+        {
+            let mut ids = self.ids();
+            if ids.accepted.contains(&command.id) || !ids.sending.insert(command.id.clone()) {
+                self.count(device.source, "duplicate");
+                return Ok(Sent {
+                    delivery: Delivery::Duplicate,
+                    detail: format!("command `{}` was already accepted; nothing sent again", command.id),
+                });
+            }
+        }
+        let outcome = match device.source {
+            Source::Mqtt => match &self.mqtt {
+                Some(mqtt) => mqtt.send(&command).await,
+                None => Err(CommandError::Unreachable("MQTT is turned off in this gateway's config".into())),
+            },
+            other => Err(CommandError::Unsupported(format!(
+                "`{}` is a {other} device; this gateway sends commands to MQTT devices only so far",
+                command.device
+            ))),
+        };
+        let mut ids = self.ids();
+        ids.sending.remove(&command.id);
+        match &outcome {
+            Ok(sent) => {
+                ids.accepted.insert(command.id.clone());
+                ids.order.push_back(command.id.clone());
+                if ids.order.len() > REMEMBERED {
+                    let oldest = ids.order.pop_front().expect("not empty");
+                    ids.accepted.remove(&oldest);
+                }
+                drop(ids);
+                let outcome = if sent.delivery == Delivery::Queued { "queued" } else { "delivered" };
+                self.count(device.source, outcome);
+                tracing::info!(id = %command.id, device = %command.device, detail = %sent.detail, "command sent");
+            }
+            Err(e) => {
+                drop(ids);
+                self.count(device.source, "failed");
+                tracing::warn!(id = %command.id, device = %command.device, error = %e, "command failed");
+            }
+        }
+        outcome
+    }
+
+    fn count(&self, source: Source, outcome: &'static str) {
+        self.metrics.commands.get_or_create(&CommandLabels { source: source.as_str(), outcome }).inc();
+    }
+}

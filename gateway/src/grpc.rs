@@ -1,0 +1,118 @@
+//! The gRPC server: `fieldgate.v1.CommandService` (the query service joins it with issue 8).
+//!
+//! With a `[grpc] token`, every call must carry `authorization: Bearer <token>`; others are
+//! refused with `UNAUTHENTICATED`. The token is compared in constant time and never logged.
+
+use crate::commands::Dispatcher;
+use crate::config::Secret;
+use fieldgate_proto::v1::command_service_server::{CommandService, CommandServiceServer};
+use fieldgate_proto::v1::{DeliveryStatus, SendRequest, SendResponse};
+use fieldgate_proto::{Action, Command, CommandError, Delivery, Timestamp};
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+#[derive(Debug)]
+struct Commands {
+    dispatcher: Arc<Dispatcher>,
+}
+
+#[tonic::async_trait]
+impl CommandService for Commands {
+    async fn send(&self, request: Request<SendRequest>) -> Result<Response<SendResponse>, Status> {
+        let wire =
+            request.into_inner().command.ok_or_else(|| Status::invalid_argument("`command` is required"))?;
+        let mut command =
+            Command::try_from(&wire).map_err(|e| Status::invalid_argument(format!("command: {e}")))?;
+        if wire.created_ns == 0 {
+            command.created = Timestamp::now();
+        }
+        if let Action::Set { value, .. } = command.action
+            && !value.is_finite()
+        {
+            return Err(Status::invalid_argument(format!("command: set.value must be finite, got {value}")));
+        }
+        let sent = self.dispatcher.send(command).await.map_err(status)?;
+        let status = match sent.delivery {
+            Delivery::Delivered => DeliveryStatus::Delivered,
+            Delivery::Queued => DeliveryStatus::Queued,
+            Delivery::Duplicate => DeliveryStatus::Duplicate,
+        };
+        Ok(Response::new(SendResponse { id: wire.id, status: status.into(), detail: sent.detail }))
+    }
+}
+
+fn status(e: CommandError) -> Status {
+    match e {
+        CommandError::UnknownDevice(_) => Status::not_found(e.to_string()),
+        CommandError::Unsupported(_) => Status::failed_precondition(e.to_string()),
+        CommandError::Unreachable(_) => Status::unavailable(e.to_string()),
+        CommandError::Timeout(_) => Status::deadline_exceeded(e.to_string()),
+    }
+}
+
+/// Checks the bearer token of each call.
+#[derive(Clone)]
+struct Auth {
+    expected: Option<Arc<Vec<u8>>>,
+}
+
+impl Auth {
+    fn check(&self, request: Request<()>) -> Result<Request<()>, Status> {
+        let Some(expected) = &self.expected else { return Ok(request) };
+        let given = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::as_bytes);
+        match given {
+            Some(given) if constant_time_eq(given, expected) => Ok(request),
+            Some(_) => Err(Status::unauthenticated("the bearer token is not valid")),
+            None => Err(Status::unauthenticated("this gateway needs `authorization: Bearer <token>`")),
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Serve the gRPC API on `listener` until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    dispatcher: Arc<Dispatcher>,
+    token: Option<Secret>,
+    shutdown: CancellationToken,
+) -> Result<(), tonic::transport::Error> {
+    let auth = Auth { expected: token.map(|t| Arc::new(t.expose().as_bytes().to_vec())) };
+    let commands = CommandServiceServer::with_interceptor(Commands { dispatcher }, move |r| auth.check(r));
+    tonic::transport::Server::builder()
+        .add_service(commands)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown.cancelled_owned(),
+        )
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_checked_whole() {
+        let auth = Auth { expected: Some(Arc::new(b"s3cret".to_vec())) };
+        let with = |h: &str| {
+            let mut r = Request::new(());
+            r.metadata_mut().insert("authorization", h.parse().unwrap());
+            r
+        };
+        assert!(auth.check(with("Bearer s3cret")).is_ok());
+        assert_eq!(auth.check(with("Bearer s3cre")).unwrap_err().code(), tonic::Code::Unauthenticated);
+        assert_eq!(auth.check(with("s3cret")).unwrap_err().code(), tonic::Code::Unauthenticated);
+        assert_eq!(auth.check(Request::new(())).unwrap_err().code(), tonic::Code::Unauthenticated);
+        assert!(Auth { expected: None }.check(Request::new(())).is_ok());
+    }
+}

@@ -46,7 +46,7 @@ impl CommandService for Commands {
 fn status(e: CommandError) -> Status {
     match e {
         CommandError::UnknownDevice(_) => Status::not_found(e.to_string()),
-        CommandError::Unsupported(_) => Status::failed_precondition(e.to_string()),
+        CommandError::Unsupported(_) | CommandError::Refused(_) => Status::failed_precondition(e.to_string()),
         CommandError::Unreachable(_) => Status::unavailable(e.to_string()),
         CommandError::Timeout(_) => Status::deadline_exceeded(e.to_string()),
     }

@@ -116,6 +116,10 @@ pub enum CommandError {
     /// The way to the device is down now (broker disconnected, nobody subscribed); retry later.
     #[error("{0}")]
     Unreachable(String),
+    /// The broker or device answered with a refusal (an MQTT 5 PUBACK reason, a Modbus
+    /// exception).
+    #[error("{0}")]
+    Refused(String),
     /// Sent, but not confirmed in time; it may still arrive.
     #[error("{0}")]
     Timeout(String),

@@ -234,22 +234,90 @@ pub fn free_port() -> u16 {
 pub struct Mosquitto {
     child: Child,
     pub port: u16,
+    /// A second listener with TLS that requires a client certificate (see [`Mosquitto::start_tls`]).
+    pub tls_port: Option<u16>,
     conf: PathBuf,
+}
+
+/// A test PKI: a CA, a certificate for `127.0.0.1`/`localhost` signed by it, a client
+/// certificate signed by it, and an unrelated CA. All PEM files in one directory.
+#[derive(Debug)]
+pub struct Pki {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    pub other_ca: PathBuf,
+}
+
+impl Pki {
+    pub fn generate(dir: &Path) -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(DnType::CommonName, "fieldgate test CA");
+        let ca = ca_params.clone().self_signed(&ca_key).unwrap();
+        let leaf = |name: &str| {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+            params.subject_alt_names.push(SanType::IpAddress([127, 0, 0, 1].into()));
+            params.distinguished_name.push(DnType::CommonName, name);
+            (params.signed_by(&key, &ca, &ca_key).unwrap(), key)
+        };
+        let (server, server_key) = leaf("mosquitto");
+        let (client, client_key) = leaf("fieldgate");
+        let other_key = KeyPair::generate().unwrap();
+        let other = ca_params.self_signed(&other_key).unwrap();
+        let write = |name: &str, pem: String| {
+            let p = dir.join(name);
+            std::fs::write(&p, pem).unwrap();
+            p
+        };
+        Pki {
+            ca: write("ca.pem", ca.pem()),
+            server_cert: write("server.pem", server.pem()),
+            server_key: write("server.key", server_key.serialize_pem()),
+            client_cert: write("client.pem", client.pem()),
+            client_key: write("client.key", client_key.serialize_pem()),
+            other_ca: write("other-ca.pem", other.pem()),
+        }
+    }
 }
 
 impl Mosquitto {
     /// Start mosquitto with its config in `dir` (in-memory, anonymous, a generous queue for
     /// offline persistent sessions, the default in-flight window of 20).
     pub fn start(dir: &Path) -> Self {
+        Self::start_with(dir, None)
+    }
+
+    /// Like [`Mosquitto::start`], plus a TLS listener that requires a client certificate
+    /// signed by `pki.ca`.
+    pub fn start_tls(dir: &Path, pki: &Pki) -> Self {
+        Self::start_with(dir, Some(pki))
+    }
+
+    fn start_with(dir: &Path, pki: Option<&Pki>) -> Self {
         let port = free_port();
         let conf = dir.join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 1000000\nmax_inflight_messages 20\n"),
-        )
-        .unwrap();
+        let mut text = format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 1000000\nmax_inflight_messages 20\n"
+        );
+        let tls_port = pki.map(|pki| {
+            let tls_port = free_port();
+            text.push_str(&format!(
+                "listener {tls_port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\n",
+                pki.ca.display(),
+                pki.server_cert.display(),
+                pki.server_key.display()
+            ));
+            tls_port
+        });
+        std::fs::write(&conf, text).unwrap();
         let child = Self::spawn(&conf);
-        let m = Mosquitto { child, port, conf };
+        let m = Mosquitto { child, port, tls_port, conf };
         m.wait_listening();
         m
     }
@@ -267,9 +335,11 @@ impl Mosquitto {
     /// Wait until the port accepts connections (the broker's readiness event).
     fn wait_listening(&self) {
         let deadline = Instant::now() + EVENT_TIMEOUT;
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "mosquitto did not listen on {}", self.port);
-            std::thread::park_timeout(Duration::from_millis(10));
+        for port in std::iter::once(self.port).chain(self.tls_port) {
+            while TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(Instant::now() < deadline, "mosquitto did not listen on {port}");
+                std::thread::park_timeout(Duration::from_millis(10));
+            }
         }
     }
 
@@ -464,6 +534,21 @@ pub fn wait_metric(addr: SocketAddr, prefix: &str, at_least: f64) -> f64 {
             return v;
         }
         assert!(Instant::now() < deadline, "{prefix} stayed at {v}, below {at_least}, for {EVENT_TIMEOUT:?}");
+        std::thread::park_timeout(Duration::from_millis(20));
+    }
+}
+
+/// Wait until `/healthz` reports `component` with `status` (polling the gateway's own view,
+/// with a deadline); returns the whole report.
+pub fn wait_health(addr: SocketAddr, component: &str, status: &str) -> serde_json::Value {
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    loop {
+        let (_, _, body) = http_get(addr, "/healthz");
+        let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if health["components"][component]["status"] == status {
+            return health;
+        }
+        assert!(Instant::now() < deadline, "{component} never became {status}: {health}");
         std::thread::park_timeout(Duration::from_millis(20));
     }
 }

@@ -16,7 +16,8 @@ pub use secret::{Secret, SecretSpec};
 pub use units::{ByteSize, HumanDuration};
 
 use fieldgate_adapters::mqtt::{
-    BrokerSettings, CommandTopic, Field, Mapping, MqttSettings, PayloadFormat, TimestampUnit, TopicPattern,
+    BrokerSettings, CommandTopic, Field, Mapping, MqttSettings, PayloadFormat, Protocol, TimestampUnit,
+    TlsFiles, TopicPattern,
 };
 use fieldgate_proto::{DeviceId, Metric};
 use fieldgate_store::{Retention, StoreConfig};
@@ -133,7 +134,7 @@ impl Validator {
     fn config(&mut self, raw: raw::RawConfig, base: &Path, env: &dyn Fn(&str) -> Option<String>) -> Config {
         let gateway = self.gateway(raw.gateway, base);
         let store = self.store(raw.store, &gateway.data_dir);
-        let mqtt = self.mqtt(raw.mqtt, &gateway.id, env);
+        let mqtt = self.mqtt(raw.mqtt, &gateway.id, base, env);
         let grpc = self.grpc(raw.grpc, env);
         Config {
             gateway,
@@ -267,6 +268,7 @@ impl Validator {
         &mut self,
         raw: raw::RawMqtt,
         gateway_id: &str,
+        base: &Path,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Option<MqttConfig> {
         let max_payload = raw.max_payload.0;
@@ -320,7 +322,7 @@ impl Validator {
             }
             (None, Some(mut ext)) => {
                 let password = secret("mqtt.external.password", ext.password.take(), &ext.username);
-                MqttBroker::External(self.external(ext, password, gateway_id, max_packet, mappings))
+                MqttBroker::External(self.external(ext, password, gateway_id, base, max_packet, mappings))
             }
             (embedded, None) => {
                 let e = embedded.unwrap_or_default();
@@ -347,6 +349,7 @@ impl Validator {
         raw: raw::RawExternal,
         password: Option<String>,
         gateway_id: &str,
+        base: &Path,
         max_packet: usize,
         mappings: Vec<Mapping>,
     ) -> MqttSettings {
@@ -373,9 +376,24 @@ impl Validator {
             reconnect_min,
             Duration::from_secs(3600),
         );
+        let protocol = match raw.protocol_version.as_str() {
+            "3.1.1" => Protocol::V311,
+            "5" | "5.0" => Protocol::V5,
+            other => {
+                self.problem(
+                    "mqtt.external.protocol_version",
+                    format!("`{other}` is not a version fieldgate speaks: use \"3.1.1\" or \"5\""),
+                );
+                Protocol::V311
+            }
+        };
+        let port = raw.port.unwrap_or(if raw.tls.is_some() { 8883 } else { 1883 });
+        let tls = raw.tls.and_then(|t| self.tls(t, base));
         MqttSettings {
             host: raw.host,
-            port: raw.port,
+            port,
+            protocol,
+            tls,
             client_id,
             username: raw.username,
             password,
@@ -384,6 +402,59 @@ impl Validator {
             reconnect_max,
             max_packet,
             mappings,
+        }
+    }
+
+    /// Read the PEM files of `[mqtt.external.tls]` and build the TLS configuration, naming
+    /// the key of whatever is missing or unreadable.
+    fn tls(&mut self, raw: raw::RawTls, base: &Path) -> Option<std::sync::Arc<rustls::ClientConfig>> {
+        let mut read = |key: &str, path: &Option<PathBuf>| -> Option<Vec<u8>> {
+            let path = base.join(path.as_ref()?);
+            std::fs::read(&path)
+                .map_err(|e| {
+                    self.problem(
+                        &format!("mqtt.external.tls.{key}"),
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })
+                .ok()
+        };
+        let ca = read("ca_file", &raw.ca_file);
+        let cert = read("cert_file", &raw.cert_file);
+        let key = read("key_file", &raw.key_file);
+        if (raw.ca_file.is_some() && ca.is_none())
+            || (raw.cert_file.is_some() && cert.is_none())
+            || (raw.key_file.is_some() && key.is_none())
+        {
+            return None;
+        }
+        let client = match (cert, key) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            (Some(_), None) => {
+                self.problem("mqtt.external.tls.cert_file", "a client certificate needs its `key_file`");
+                return None;
+            }
+            (None, Some(_)) => {
+                self.problem("mqtt.external.tls.key_file", "a client key needs its `cert_file`");
+                return None;
+            }
+        };
+        let has_client = client.is_some();
+        match fieldgate_adapters::mqtt::tls_client_config(&TlsFiles { ca, client }) {
+            Ok(config) => Some(config),
+            Err(e) => {
+                use fieldgate_adapters::mqtt::TlsError as E;
+                let key = match &e {
+                    E::NoCa | E::BadCa(_) | E::NativeRoots(_) if raw.ca_file.is_some() || !has_client => {
+                        "ca_file"
+                    }
+                    E::BadKey(_) => "key_file",
+                    _ => "cert_file",
+                };
+                self.problem(&format!("mqtt.external.tls.{key}"), e.to_string());
+                None
+            }
         }
     }
 

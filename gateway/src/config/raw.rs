@@ -234,8 +234,13 @@ fn default_max_queued() -> usize {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawExternal {
     pub(crate) host: String,
-    #[serde(default = "default_mqtt_port")]
-    pub(crate) port: u16,
+    /// Default 1883, or 8883 with TLS.
+    pub(crate) port: Option<u16>,
+    /// `"3.1.1"` or `"5"`.
+    #[serde(default = "default_protocol_version")]
+    pub(crate) protocol_version: String,
+    /// TLS to the broker; the table's presence turns it on.
+    pub(crate) tls: Option<RawTls>,
     /// The session's identity on the broker; must stay the same across restarts for the broker
     /// to keep unacknowledged messages. Default: `fieldgate-<gateway id>`.
     pub(crate) client_id: Option<String>,
@@ -249,8 +254,19 @@ pub(crate) struct RawExternal {
     pub(crate) reconnect_max: HumanDuration,
 }
 
-fn default_mqtt_port() -> u16 {
-    1883
+fn default_protocol_version() -> String {
+    "3.1.1".to_owned()
+}
+
+/// `[mqtt.external.tls]`: PEM files, relative to the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTls {
+    /// CA certificate(s) for the broker; default: the system's roots.
+    pub(crate) ca_file: Option<PathBuf>,
+    /// The gateway's certificate chain and key, for brokers that require client certificates.
+    pub(crate) cert_file: Option<PathBuf>,
+    pub(crate) key_file: Option<PathBuf>,
 }
 
 fn default_keep_alive() -> HumanDuration {

@@ -366,3 +366,42 @@ command_timeout = "0s"
         ("fieldgate/{device}/command", Duration::from_secs(10))
     );
 }
+
+#[test]
+fn tls_and_protocol_mistakes_name_their_key() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), "not a certificate").unwrap();
+    let src = r#"
+[gateway]
+id = "farm"
+
+[mqtt.external]
+host = "broker.local"
+protocol_version = "3.1"
+
+[mqtt.external.tls]
+ca_file = "ca.pem"
+"#;
+    let file = dir.path().join("fieldgate.toml");
+    let texts: Vec<String> = match Config::parse(src, &file, &no_env) {
+        Ok(c) => panic!("expected errors, got {c:?}"),
+        Err(e) => e
+            .problems
+            .into_iter()
+            .map(|p| format!("{}: {}: {}", p.location.unwrap().line, p.path, p.message))
+            .collect(),
+    };
+    assert_eq!(
+        texts,
+        vec![
+            "7: mqtt.external.protocol_version: `3.1` is not a version fieldgate speaks: use \"3.1.1\" or \"5\"",
+            "10: mqtt.external.tls.ca_file: no PEM certificate found in the CA file",
+        ]
+    );
+
+    let src = "[gateway]\nid = \"farm\"\n[mqtt.external]\nhost = \"b\"\n[mqtt.external.tls]\ncert_file = \"missing.pem\"\n";
+    let err = Config::parse(src, &file, &no_env).unwrap_err();
+    let text = format!("{}: {}", err.problems[0].path, err.problems[0].message);
+    assert!(text.starts_with("mqtt.external.tls.cert_file: cannot read "), "{text}");
+    assert!(text.contains("missing.pem"), "{text}");
+}

@@ -16,14 +16,23 @@
 //! watchdog drops a connection on which nothing (not even a ping response) arrived for twice
 //! the keep-alive. After a reconnect without a session on the broker, the subscriptions are
 //! made again.
+//!
+//! MQTT 3.1.1 and MQTT 5 (rumqttc's `v5` client): with MQTT 5 the session is kept by a
+//! session expiry interval (without one, an MQTT 5 broker drops the session at disconnect, and
+//! with it every unacknowledged message), and a PUBACK with an error reason fails the command.
+//! TLS is rustls, with a CA of the site's own or the system's roots, and an optional client
+//! certificate.
 
 use super::command::{CommandRequests, Request, Tracker};
 use super::payload::{Mapping, decode};
 use crate::backoff::Backoff;
 use crate::metrics::{AdapterMetrics, LinkState};
+use bytes::Bytes;
 use fieldgate_proto::{Ack, CommandError, IngestError, ReadingSink, Timestamp};
 use futures_util::stream::{FuturesOrdered, StreamExt};
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, Publish, QoS, SubscribeFilter};
+use rumqttc::v5::mqttbytes::v5 as p5;
+use rumqttc::{Event, Outgoing, Packet, QoS, TlsConfiguration, Transport, v5};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -43,6 +52,17 @@ pub struct MqttSettings {
     /// stop them earlier).
     pub max_packet: usize,
     pub mappings: Vec<Mapping>,
+    pub protocol: Protocol,
+    /// TLS to the broker (see [`super::tls`]); `None` for plain TCP.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// The MQTT version spoken to the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    #[default]
+    V311,
+    V5,
 }
 
 impl std::fmt::Debug for MqttSettings {
@@ -58,6 +78,8 @@ impl std::fmt::Debug for MqttSettings {
             .field("reconnect_max", &self.reconnect_max)
             .field("max_packet", &self.max_packet)
             .field("mappings", &self.mappings)
+            .field("protocol", &self.protocol)
+            .field("tls", &self.tls.is_some())
             .finish()
     }
 }
@@ -69,23 +91,213 @@ pub enum MqttError {
     Store(#[from] IngestError),
 }
 
-fn options(s: &MqttSettings) -> MqttOptions {
-    let mut o = MqttOptions::new(&s.client_id, &s.host, s.port);
-    o.set_keep_alive(s.keep_alive)
-        .set_clean_session(false)
-        .set_manual_acks(true)
-        .set_max_packet_size(s.max_packet, s.max_packet);
-    if let Some(user) = &s.username {
-        o.set_credentials(user, s.password.clone().unwrap_or_default());
+/// The client half of rumqttc, whichever the protocol.
+enum Client {
+    V4(rumqttc::AsyncClient),
+    V5(v5::AsyncClient),
+}
+
+/// The event loop half.
+enum Loop {
+    V4(Box<rumqttc::EventLoop>),
+    V5(Box<v5::EventLoop>),
+}
+
+/// A message from the broker, kept for its acknowledgement.
+enum Received {
+    V4(rumqttc::Publish),
+    V5(p5::Publish),
+}
+
+/// What a poll of the event loop gave, in protocol-neutral terms.
+enum Polled {
+    Publish(Received),
+    ConnAck { session_present: bool },
+    SubAck { refused: usize },
+    PubAck { pkid: u16, refused: Option<String> },
+    SentPublish(u16),
+    SentDisconnect,
+    Other,
+    Failed(String),
+}
+
+/// A persistent MQTT 5 session must outlive the connection: without an expiry interval the
+/// broker ends it at disconnect. `u32::MAX` means "never expires", as a 3.1.1 persistent
+/// session; brokers may cap it (mosquitto's `persistent_client_expiration`).
+const SESSION_EXPIRY: u32 = u32::MAX;
+
+fn connect(s: &MqttSettings) -> (Client, Loop) {
+    let transport = s.tls.clone().map(|c| Transport::tls_with_config(TlsConfiguration::Rustls(c)));
+    match s.protocol {
+        Protocol::V311 => {
+            let mut o = rumqttc::MqttOptions::new(&s.client_id, &s.host, s.port);
+            o.set_keep_alive(s.keep_alive)
+                .set_clean_session(false)
+                .set_manual_acks(true)
+                .set_max_packet_size(s.max_packet, s.max_packet);
+            if let Some(user) = &s.username {
+                o.set_credentials(user, s.password.clone().unwrap_or_default());
+            }
+            if let Some(t) = transport {
+                o.set_transport(t);
+            }
+            let (c, l) = rumqttc::AsyncClient::new(o, 64);
+            (Client::V4(c), Loop::V4(Box::new(l)))
+        }
+        Protocol::V5 => {
+            let mut o = v5::MqttOptions::new(&s.client_id, &s.host, s.port);
+            let max = u32::try_from(s.max_packet).unwrap_or(u32::MAX);
+            o.set_keep_alive(s.keep_alive)
+                .set_clean_start(false)
+                .set_session_expiry_interval(Some(SESSION_EXPIRY))
+                .set_manual_acks(true)
+                .set_max_packet_size(Some(max));
+            if let Some(user) = &s.username {
+                o.set_credentials(user, s.password.clone().unwrap_or_default());
+            }
+            if let Some(t) = transport {
+                o.set_transport(t);
+            }
+            let (c, l) = v5::AsyncClient::new(o, 64);
+            (Client::V5(c), Loop::V5(Box::new(l)))
+        }
     }
-    o
+}
+
+impl Client {
+    /// Queue the acknowledgement of `m`; false when the event loop is gone (the poller
+    /// reports why). Errors of the other calls below mean the same and are left to the poller.
+    async fn ack(&self, m: &Received) -> bool {
+        match (self, m) {
+            (Client::V4(c), Received::V4(p)) => c.ack(p).await.is_ok(),
+            (Client::V5(c), Received::V5(p)) => c.ack(p).await.is_ok(),
+            _ => true,
+        }
+    }
+
+    async fn subscribe(&self, filters: &[String]) {
+        let _ = match self {
+            Client::V4(c) => c
+                .subscribe_many(
+                    filters.iter().map(|f| rumqttc::SubscribeFilter::new(f.clone(), QoS::AtLeastOnce)),
+                )
+                .await
+                .map_err(|e| e.to_string()),
+            Client::V5(c) => c
+                .subscribe_many(
+                    filters.iter().map(|f| p5::Filter::new(f.clone(), v5::mqttbytes::QoS::AtLeastOnce)),
+                )
+                .await
+                .map_err(|e| e.to_string()),
+        };
+    }
+
+    async fn publish(&self, topic: String, payload: Bytes) {
+        let _ = match self {
+            Client::V4(c) => {
+                c.publish_bytes(topic, QoS::AtLeastOnce, false, payload).await.map_err(|e| e.to_string())
+            }
+            Client::V5(c) => c
+                .publish_bytes(topic, v5::mqttbytes::QoS::AtLeastOnce, false, payload)
+                .await
+                .map_err(|e| e.to_string()),
+        };
+    }
+
+    async fn disconnect(&self) {
+        let _ = match self {
+            Client::V4(c) => c.disconnect().await.map_err(|e| e.to_string()),
+            Client::V5(c) => c.disconnect().await.map_err(|e| e.to_string()),
+        };
+    }
+}
+
+impl Received {
+    fn topic(&self) -> &str {
+        match self {
+            Received::V4(p) => &p.topic,
+            // MQTT requires UTF-8 topics; one that is not matches no mapping.
+            Received::V5(p) => std::str::from_utf8(&p.topic).unwrap_or(""),
+        }
+    }
+
+    fn payload(&self) -> &[u8] {
+        match self {
+            Received::V4(p) => &p.payload,
+            Received::V5(p) => &p.payload,
+        }
+    }
+}
+
+impl Loop {
+    async fn poll(&mut self) -> Polled {
+        match self {
+            Loop::V4(l) => match l.poll().await {
+                Ok(Event::Incoming(Packet::Publish(p))) => Polled::Publish(Received::V4(p)),
+                Ok(Event::Incoming(Packet::ConnAck(a))) => {
+                    Polled::ConnAck { session_present: a.session_present }
+                }
+                Ok(Event::Incoming(Packet::SubAck(a))) => Polled::SubAck {
+                    refused: a
+                        .return_codes
+                        .iter()
+                        .filter(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
+                        .count(),
+                },
+                Ok(Event::Incoming(Packet::PubAck(a))) => Polled::PubAck { pkid: a.pkid, refused: None },
+                Ok(Event::Outgoing(Outgoing::Publish(pkid))) => Polled::SentPublish(pkid),
+                Ok(Event::Outgoing(Outgoing::Disconnect)) => Polled::SentDisconnect,
+                Ok(_) => Polled::Other,
+                Err(e) => Polled::Failed(e.to_string()),
+            },
+            Loop::V5(l) => match l.poll().await {
+                Ok(v5::Event::Incoming(p5::Packet::Publish(p))) => Polled::Publish(Received::V5(p)),
+                Ok(v5::Event::Incoming(p5::Packet::ConnAck(a))) => {
+                    Polled::ConnAck { session_present: a.session_present }
+                }
+                Ok(v5::Event::Incoming(p5::Packet::SubAck(a))) => Polled::SubAck {
+                    refused: a
+                        .return_codes
+                        .iter()
+                        .filter(|c| !matches!(c, p5::SubscribeReasonCode::Success(_)))
+                        .count(),
+                },
+                Ok(v5::Event::Incoming(p5::Packet::PubAck(a))) => {
+                    // "No matching subscribers" is a success: the broker took the message.
+                    let ok = matches!(
+                        a.reason,
+                        p5::PubAckReason::Success | p5::PubAckReason::NoMatchingSubscribers
+                    );
+                    let refused = (!ok).then(|| {
+                        let detail = a.properties.and_then(|p| p.reason_string).unwrap_or_default();
+                        format!("the broker refused the command: {:?} {detail}", a.reason)
+                            .trim_end()
+                            .to_owned()
+                    });
+                    Polled::PubAck { pkid: a.pkid, refused }
+                }
+                Ok(v5::Event::Outgoing(Outgoing::Publish(pkid))) => Polled::SentPublish(pkid),
+                Ok(v5::Event::Outgoing(Outgoing::Disconnect)) => Polled::SentDisconnect,
+                Ok(_) => Polled::Other,
+                Err(e) => Polled::Failed(e.to_string()),
+            },
+        }
+    }
+
+    /// Drop the connection; the next poll reconnects (and re-sends what is unacknowledged).
+    fn clean(&mut self) {
+        match self {
+            Loop::V4(l) => l.clean(),
+            Loop::V5(l) => l.clean(),
+        }
+    }
 }
 
 /// What the poller saw, for the task that owns the acknowledgements.
 enum Seen {
-    Publish(Publish),
+    Publish(Received),
     Connected { session_present: bool },
-    Subscribed,
+    Subscribed { refused: usize },
     Lost(String),
 }
 
@@ -113,10 +325,9 @@ pub async fn run(
     let mut commands = commands.0;
     let tracker = Tracker::default();
     let mut connected = false;
-    let (client, eventloop) = AsyncClient::new(options(&settings), 64);
+    let (client, eventloop) = connect(&settings);
     let broker = format!("{}:{}", settings.host, settings.port);
-    let filters: Vec<SubscribeFilter> =
-        settings.mappings.iter().map(|m| SubscribeFilter::new(m.topic.filter(), QoS::AtLeastOnce)).collect();
+    let filters: Vec<String> = settings.mappings.iter().map(|m| m.topic.filter()).collect();
     let (seen_tx, mut seen) = mpsc::unbounded_channel();
     let stop_polling = CancellationToken::new();
     let poller = tokio::spawn(poll(
@@ -139,7 +350,7 @@ pub async fn run(
             () = shutdown.cancelled() => break Ok(()),
             Some(done) = pending.next() => match done {
                 // An error means the event loop is gone; the poller reports why.
-                Ok(publish) => { let _ = client.ack(&publish).await; }
+                Ok(publish) => { client.ack(&publish).await; }
                 Err(e) => break Err(MqttError::Store(e)),
             },
             Some(Request { topic, payload, done }) = commands.recv() => {
@@ -149,20 +360,19 @@ pub async fn run(
                     continue;
                 }
                 tracker.queued(done);
-                // An error means the event loop is gone; the poller reports why.
-                let _ = client.publish(topic, QoS::AtLeastOnce, false, payload).await;
+                client.publish(topic, payload).await;
             }
             event = seen.recv() => match event {
                 Some(Seen::Publish(p)) => {
                     metrics.mqtt_messages.inc();
                     let received = Timestamp::now();
-                    match decode(&settings.mappings, &p.topic, &p.payload, received) {
+                    match decode(&settings.mappings, p.topic(), p.payload(), received) {
                         Ok(readings) => match sink.submit(readings, received).await {
                             Ok(ack) => pending.push_back(Pending::Store(ack, Some(p))),
                             Err(e) => break Err(MqttError::Store(e)),
                         },
                         Err(rejection) => {
-                            metrics.rejected("mqtt", rejection.reason(), &p.topic, &rejection);
+                            metrics.rejected("mqtt", rejection.reason(), p.topic(), &rejection);
                             pending.push_back(Pending::Ready(Some(p)));
                         }
                     }
@@ -177,14 +387,19 @@ pub async fn run(
                         // A new session: the old one's messages and subscriptions are gone, so
                         // nothing pending can be acknowledged on this connection.
                         pending = FuturesOrdered::new();
-                        let _ = client.subscribe_many(filters.clone()).await;
+                        client.subscribe(&filters).await;
                         state.send_replace(LinkState::Connecting(format!("connected to {broker}, subscribing")));
                     }
                 }
-                Some(Seen::Subscribed) => {
-                    let names: Vec<&str> = filters.iter().map(|f| f.path.as_str()).collect();
-                    tracing::info!(filters = ?names, "mqtt subscribed");
+                Some(Seen::Subscribed { refused: 0 }) => {
+                    tracing::info!(?filters, "mqtt subscribed");
                     state.send_replace(LinkState::Up(format!("subscribed at {broker}")));
+                }
+                Some(Seen::Subscribed { refused }) => {
+                    // An ACL on the broker, usually: readings on those topics will not arrive.
+                    let why = format!("{broker} refused {refused} of {} subscriptions: check its ACL", filters.len());
+                    tracing::error!(?filters, "mqtt: {why}");
+                    state.send_replace(LinkState::Down(why));
                 }
                 Some(Seen::Lost(why)) => {
                     connected = false;
@@ -200,7 +415,7 @@ pub async fn run(
     // broker redelivers only what is still unacknowledged to the next session.
     let drained = tokio::time::timeout(DRAIN, async {
         while let Some(Ok(publish)) = pending.next().await {
-            if client.ack(&publish).await.is_err() {
+            if !client.ack(&publish).await {
                 break;
             }
         }
@@ -212,7 +427,7 @@ pub async fn run(
             "mqtt: the store did not confirm every message in time; the broker will redeliver them"
         );
     }
-    let _ = client.disconnect().await;
+    client.disconnect().await;
     // The poller ends once the DISCONNECT is written (or at once if not connected).
     if tokio::time::timeout(Duration::from_secs(2), async {
         stop_polling.cancel();
@@ -230,7 +445,7 @@ pub async fn run(
 
 /// Poll the event loop until told to stop, forwarding what matters; reconnect with backoff.
 async fn poll(
-    mut eventloop: EventLoop,
+    mut eventloop: Loop,
     seen: mpsc::UnboundedSender<Seen>,
     tracker: Tracker,
     settings: MqttSettings,
@@ -243,29 +458,33 @@ async fn poll(
     loop {
         // While stopping, the loop keeps polling so queued PUBACKs and the DISCONNECT go out.
         let event = match tokio::time::timeout(watchdog, eventloop.poll()).await {
-            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => Seen::Publish(p),
-            Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) => {
+            Ok(Polled::Publish(p)) => Seen::Publish(p),
+            Ok(Polled::ConnAck { session_present }) => {
                 backoff.reset();
                 metrics.mqtt_connected.set(1);
-                Seen::Connected { session_present: ack.session_present }
+                Seen::Connected { session_present }
             }
-            Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => Seen::Subscribed,
-            Ok(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => {
+            Ok(Polled::SubAck { refused }) => Seen::Subscribed { refused },
+            Ok(Polled::SentPublish(pkid)) => {
                 tracker.published(pkid);
                 continue;
             }
-            Ok(Ok(Event::Incoming(Packet::PubAck(ack)))) => {
-                tracker.acknowledged(ack.pkid);
+            Ok(Polled::PubAck { pkid, refused: None }) => {
+                tracker.acknowledged(pkid);
                 continue;
             }
-            Ok(Ok(Event::Outgoing(Outgoing::Disconnect))) => return,
-            Ok(Ok(_)) => continue,
+            Ok(Polled::PubAck { pkid, refused: Some(why) }) => {
+                tracker.refused(pkid, why);
+                continue;
+            }
+            Ok(Polled::SentDisconnect) => return,
+            Ok(Polled::Other) => continue,
             outcome => {
                 if stop.is_cancelled() {
                     return;
                 }
                 let why = match outcome {
-                    Ok(Err(e)) => format!("broker {broker}: {e}"),
+                    Ok(Polled::Failed(e)) => format!("broker {broker}: {e}"),
                     // Nothing, not even a ping response, for two keep-alives: the link is dead
                     // even if TCP has not noticed. Dropping it makes the next poll reconnect.
                     _ => {
@@ -294,12 +513,12 @@ async fn poll(
 
 /// A message waiting for its PUBACK.
 enum Pending {
-    Store(Ack, Option<Publish>),
-    Ready(Option<Publish>),
+    Store(Ack, Option<Received>),
+    Ready(Option<Received>),
 }
 
 impl std::future::Future for Pending {
-    type Output = Result<Publish, IngestError>;
+    type Output = Result<Received, IngestError>;
 
     fn poll(
         self: std::pin::Pin<&mut Self>,

@@ -234,6 +234,13 @@ impl Tracker {
             let _ = done.send(Ok(()));
         }
     }
+
+    /// The broker refused `pkid` (an MQTT 5 PUBACK with an error reason).
+    pub(crate) fn refused(&self, pkid: u16, why: String) {
+        if let Some(done) = self.lock().inflight.remove(&pkid) {
+            let _ = done.send(Err(CommandError::Refused(why)));
+        }
+    }
 }
 
 #[cfg(test)]

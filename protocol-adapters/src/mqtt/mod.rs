@@ -10,10 +10,12 @@ pub mod broker;
 pub mod client;
 pub mod command;
 pub mod payload;
+pub mod tls;
 pub mod topic;
 
 pub use broker::{Broker, BrokerSettings, Sent};
-pub use client::{MqttError, MqttSettings, run};
+pub use client::{MqttError, MqttSettings, Protocol, run};
 pub use command::{CommandRequests, CommandTopic, MqttCommands, TemplateError};
 pub use payload::{Field, Mapping, PayloadFormat, Rejection, TimestampUnit, decode};
+pub use tls::{TlsError, TlsFiles, client_config as tls_client_config};
 pub use topic::{Captures, PatternError, TopicPattern};

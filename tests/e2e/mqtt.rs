@@ -473,3 +473,41 @@ fn a_tls_broker_and_gateway_that_do_not_trust_each_other_are_reported_down() {
     // The gateway has no client certificate, which the broker requires.
     refused_and_reported(&tls_config(dir.path(), &broker, &pki, &pki.ca, false), "");
 }
+
+#[test]
+fn a_broker_that_goes_silent_is_dropped_and_dialled_again() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    // A "broker" that accepts CONNECT and then never answers anything, not even pings: the
+    // link looks alive to TCP, so only the keep-alive can tell.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let (accepted_tx, accepted) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in silent.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut buf = [0u8; 1024];
+            if stream.read(&mut buf).unwrap_or(0) == 0 {
+                continue;
+            }
+            let _ = stream.write_all(&[0x20, 0x02, 0x00, 0x00]); // CONNACK, accepted
+            let _ = accepted_tx.send(());
+            // Keep the connection open and drain it without a word.
+            std::thread::spawn(move || while stream.read(&mut buf).unwrap_or(0) > 0 {});
+        }
+    });
+    let section = format!(
+        "[mqtt.external]\nhost = \"127.0.0.1\"\nport = {port}\nkeep_alive = \"1s\"\nreconnect_min = \"50ms\"\nreconnect_max = \"100ms\"\n"
+    );
+    let mut gw =
+        GatewayProcess::spawn(&["run", "--config", config_with(dir.path(), &section).to_str().unwrap()]);
+    let addr = gw.wait_started();
+    let wait = std::time::Duration::from_secs(60);
+    accepted.recv_timeout(wait).unwrap();
+    let lost = gw.wait_for("mqtt disconnected; will reconnect with backoff");
+    eprintln!("dropped because: {}", lost["reason"]);
+    accepted.recv_timeout(wait).expect("the gateway dials again");
+    assert!(metric(addr, "fieldgate_mqtt_reconnects_total").unwrap() >= 1.0);
+    gw.signal(Signal::SIGTERM);
+    assert_eq!(gw.wait_exit().code(), Some(0), "{}", gw.log());
+}

@@ -9,6 +9,7 @@
 
 pub mod backoff;
 pub mod metrics;
+pub mod modbus;
 pub mod mqtt;
 
 pub use metrics::{AdapterMetrics, LinkState};

@@ -1,0 +1,12 @@
+//! Modbus: polling devices over TCP, RTU on a serial line, and RTU over TCP, and writing to
+//! them.
+//!
+//! [`point`] decodes and encodes register values (types, byte and word orders, scaling) as pure
+//! functions, one path for reads and writes; [`plan`] merges a device's points into as few
+//! requests as the protocol allows.
+
+pub mod plan;
+pub mod point;
+
+pub use plan::{Read, plan};
+pub use point::{CodecError, DataType, Order, Point, Table, encode_raw, parse_address, raw_value};

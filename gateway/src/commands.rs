@@ -9,10 +9,12 @@
 
 use crate::live::LiveState;
 use crate::metrics::{CommandLabels, GatewayMetrics};
+use fieldgate_adapters::modbus::WriteRequest;
 use fieldgate_adapters::mqtt::MqttCommands;
-use fieldgate_proto::{Command, CommandError, CommandId, Delivery, Sent, Source};
-use std::collections::{HashSet, VecDeque};
+use fieldgate_proto::{Action, Command, CommandError, CommandId, Delivery, DeviceId, Sent, Source};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Mutex, PoisonError};
+use tokio::sync::{mpsc, oneshot};
 
 /// How many accepted command ids are remembered to refuse repeats.
 pub const REMEMBERED: usize = 10_000;
@@ -22,6 +24,8 @@ pub const REMEMBERED: usize = 10_000;
 pub struct Dispatcher {
     live: LiveState,
     mqtt: Option<MqttCommands>,
+    /// The write queue of the bus of each configured Modbus device.
+    modbus: HashMap<DeviceId, mpsc::Sender<WriteRequest>>,
     ids: Mutex<Ids>,
     metrics: GatewayMetrics,
 }
@@ -36,8 +40,13 @@ struct Ids {
 }
 
 impl Dispatcher {
-    pub fn new(live: LiveState, mqtt: Option<MqttCommands>, metrics: GatewayMetrics) -> Self {
-        Dispatcher { live, mqtt, ids: Mutex::default(), metrics }
+    pub fn new(
+        live: LiveState,
+        mqtt: Option<MqttCommands>,
+        modbus: HashMap<DeviceId, mpsc::Sender<WriteRequest>>,
+        metrics: GatewayMetrics,
+    ) -> Self {
+        Dispatcher { live, mqtt, modbus, ids: Mutex::default(), metrics }
     }
 
     fn ids(&self) -> std::sync::MutexGuard<'_, Ids> {
@@ -46,29 +55,36 @@ impl Dispatcher {
 
     /// Deliver `command` through its device's adapter.
     pub async fn send(&self, command: Command) -> Result<Sent, CommandError> {
-        let Some(device) = self.live.device(&command.device) else {
+        // Configured devices first (their protocol is known before they answer), then those
+        // heard from.
+        let source = if self.modbus.contains_key(&command.device) {
+            Source::Modbus
+        } else if let Some(device) = self.live.device(&command.device) {
+            device.source
+        } else {
             return Err(CommandError::UnknownDevice(format!(
-                "`{}` has never sent a reading to this gateway, so its protocol is unknown",
+                "`{}` is not configured and has never sent a reading to this gateway",
                 command.device
             )));
         };
         {
             let mut ids = self.ids();
             if ids.accepted.contains(&command.id) || !ids.sending.insert(command.id.clone()) {
-                self.count(device.source, "duplicate");
+                self.count(source, "duplicate");
                 return Ok(Sent {
                     delivery: Delivery::Duplicate,
                     detail: format!("command `{}` was already accepted; nothing sent again", command.id),
                 });
             }
         }
-        let outcome = match device.source {
+        let outcome = match source {
             Source::Mqtt => match &self.mqtt {
                 Some(mqtt) => mqtt.send(&command).await,
                 None => Err(CommandError::Unreachable("MQTT is turned off in this gateway's config".into())),
             },
+            Source::Modbus => self.modbus_write(&command).await,
             other => Err(CommandError::Unsupported(format!(
-                "`{}` is a {other} device; this gateway sends commands to MQTT devices only so far",
+                "`{}` is a {other} device; commands to {other} devices are not supported yet",
                 command.device
             ))),
         };
@@ -84,16 +100,34 @@ impl Dispatcher {
                 }
                 drop(ids);
                 let outcome = if sent.delivery == Delivery::Queued { "queued" } else { "delivered" };
-                self.count(device.source, outcome);
+                self.count(source, outcome);
                 tracing::info!(id = %command.id, device = %command.device, detail = %sent.detail, "command sent");
             }
             Err(e) => {
                 drop(ids);
-                self.count(device.source, "failed");
+                self.count(source, "failed");
                 tracing::warn!(id = %command.id, device = %command.device, error = %e, "command failed");
             }
         }
         outcome
+    }
+
+    /// A setpoint for a Modbus device becomes a write of its point, through its bus.
+    async fn modbus_write(&self, command: &Command) -> Result<Sent, CommandError> {
+        let Action::Set { metric, value } = &command.action else {
+            return Err(CommandError::Unsupported(format!(
+                "`{}` is a Modbus device: it takes setpoints (`set`), not operator instructions",
+                command.device
+            )));
+        };
+        let bus = self.modbus.get(&command.device).expect("checked by the caller");
+        let (done, outcome) = oneshot::channel();
+        let request =
+            WriteRequest { device: command.device.clone(), metric: metric.clone(), value: *value, done };
+        let stopped = || CommandError::Unreachable("the Modbus bus has stopped".to_owned());
+        bus.send(request).await.map_err(|_| stopped())?;
+        let detail = outcome.await.map_err(|_| stopped())??;
+        Ok(Sent { delivery: Delivery::Delivered, detail })
     }
 
     fn count(&self, source: Source, outcome: &'static str) {

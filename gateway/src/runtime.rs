@@ -12,6 +12,7 @@ use crate::config::{Config, MqttBroker};
 use crate::health::{Health, Status};
 use crate::live::LiveState;
 use crate::metrics::GatewayMetrics;
+use fieldgate_adapters::modbus::DeviceHealth;
 use fieldgate_adapters::mqtt::{Broker, MqttCommands};
 use fieldgate_adapters::{AdapterMetrics, LinkState};
 use fieldgate_proto::ReadingSink;
@@ -187,7 +188,22 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         }
         None => {}
     }
-    let dispatcher = Arc::new(Dispatcher::new(live.clone(), mqtt_commands, metrics));
+    let mut modbus_writes = HashMap::new();
+    if !config.modbus.is_empty() {
+        let (board, devices) = tokio::sync::watch::channel(std::collections::BTreeMap::new());
+        running.spawn("modbus-health", report_modbus(devices, health.clone(), shutdown.clone()));
+        for bus in config.modbus.clone() {
+            let (tx, rx) = tokio::sync::mpsc::channel(16);
+            for d in &bus.devices {
+                modbus_writes.insert(d.device.clone(), tx.clone());
+            }
+            let (sink, metrics, board, stop) =
+                (running.sink(), adapter_metrics.clone(), board.clone(), shutdown.clone());
+            running
+                .spawn("modbus", fieldgate_adapters::modbus::bus::run(bus, sink, rx, metrics, board, stop));
+        }
+    }
+    let dispatcher = Arc::new(Dispatcher::new(live.clone(), mqtt_commands, modbus_writes, metrics));
     if let Some(grpc) = config.grpc.clone() {
         let bind_error = |source| RunError::Bind { what: "the gRPC API", addr: grpc.listen, source };
         let listener = tokio::net::TcpListener::bind(grpc.listen).await.map_err(bind_error)?;
@@ -265,6 +281,47 @@ async fn watch_store(store: Store, health: Health, shutdown: CancellationToken) 
     }
     health.set("store", Status::Draining, "closed after the final checkpoint");
     Ok(())
+}
+
+/// Report the Modbus devices' health as one component until shutdown: up while every device
+/// answers, degraded while some are backed off (named), down when none answers.
+async fn report_modbus(
+    mut devices: tokio::sync::watch::Receiver<
+        std::collections::BTreeMap<fieldgate_proto::DeviceId, DeviceHealth>,
+    >,
+    health: Health,
+    shutdown: CancellationToken,
+) -> TaskResult {
+    loop {
+        let (status, detail) = {
+            let all = devices.borrow_and_update();
+            let failing: Vec<String> = all
+                .iter()
+                .filter_map(|(id, h)| match h {
+                    DeviceHealth::BackedOff(why) => Some(format!("{id}: {why}")),
+                    _ => None,
+                })
+                .collect();
+            let starting = all.values().filter(|h| **h == DeviceHealth::Starting).count();
+            if failing.is_empty() && starting > 0 {
+                (Status::Starting, format!("{starting} of {} devices not polled yet", all.len()))
+            } else if failing.is_empty() {
+                (Status::Up, format!("{} devices answering", all.len()))
+            } else if failing.len() == all.len() {
+                (Status::Down, format!("no device answers: {}", failing.join("; ")))
+            } else {
+                (
+                    Status::Degraded,
+                    format!("{} of {} devices backed off: {}", failing.len(), all.len(), failing.join("; ")),
+                )
+            }
+        };
+        health.set("modbus", status, detail);
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            changed = devices.changed() => if changed.is_err() { return Ok(()) },
+        }
+    }
 }
 
 /// Report an adapter's link state as its health until shutdown.
@@ -419,6 +476,7 @@ mod tests {
             store: fieldgate_store::StoreConfig::new(dir.join("data")),
             mqtt: None,
             grpc: None,
+            modbus: Vec::new(),
         }
     }
 

@@ -27,6 +27,17 @@ pub struct InputLabels {
     pub reason: &'static str,
 }
 
+/// A bounded outcome or code label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabels {
+    pub code: &'static str,
+}
+
 /// When each (source, reason) was last logged, and how many were not logged since.
 type LogState = HashMap<(&'static str, &'static str), (Instant, u64)>;
 
@@ -43,6 +54,18 @@ pub struct AdapterMetrics {
     pub mqtt_unacked: Gauge,
     pub mqtt_clients: Gauge,
     pub mqtt_dropped: Counter,
+    /// Modbus requests by outcome: ok, exception, timeout, error.
+    pub modbus_requests: Family<OutcomeLabels, Counter>,
+    /// Modbus exception responses by code.
+    pub modbus_exceptions: Family<CodeLabels, Counter>,
+    /// Values read from Modbus devices (good and bad quality).
+    pub modbus_points: Counter,
+    /// Modbus devices backed off right now.
+    pub modbus_backed_off: Gauge,
+    /// Modbus connections that failed to open.
+    pub modbus_reconnects: Counter,
+    /// Modbus writes by outcome: ok, failed.
+    pub modbus_writes: Family<OutcomeLabels, Counter>,
     logged: Arc<Mutex<LogState>>,
 }
 
@@ -56,8 +79,17 @@ impl AdapterMetrics {
             mqtt_unacked: Gauge::default(),
             mqtt_clients: Gauge::default(),
             mqtt_dropped: Counter::default(),
+            modbus_requests: Family::default(),
+            modbus_exceptions: Family::default(),
+            modbus_points: Counter::default(),
+            modbus_backed_off: Gauge::default(),
+            modbus_reconnects: Counter::default(),
+            modbus_writes: Family::default(),
             logged: Arc::default(),
         };
+        for outcome in ["ok", "exception", "timeout", "error"] {
+            let _ = m.modbus_requests.get_or_create(&OutcomeLabels { outcome });
+        }
         let r = registry.sub_registry_with_prefix("fieldgate");
         r.register(
             "inputs_rejected",
@@ -82,7 +114,33 @@ impl AdapterMetrics {
             "MQTT messages received and not yet acknowledged (waiting for the store)",
             m.mqtt_unacked.clone(),
         );
+        r.register("modbus_requests", "Modbus requests by outcome", m.modbus_requests.clone());
+        r.register("modbus_exceptions", "Modbus exception responses by code", m.modbus_exceptions.clone());
+        r.register("modbus_points", "Values read from Modbus devices", m.modbus_points.clone());
+        r.register(
+            "modbus_backed_off",
+            "Modbus devices backed off after failing",
+            m.modbus_backed_off.clone(),
+        );
+        r.register(
+            "modbus_connect_failures",
+            "Modbus connections that failed to open",
+            m.modbus_reconnects.clone(),
+        );
+        r.register("modbus_writes", "Modbus writes (commands) by outcome", m.modbus_writes.clone());
         m
+    }
+
+    pub fn modbus_request(&self, outcome: &'static str) {
+        self.modbus_requests.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    pub fn modbus_exception(&self, code: &'static str) {
+        self.modbus_exceptions.get_or_create(&CodeLabels { code }).inc();
+    }
+
+    pub fn modbus_write(&self, outcome: &'static str) {
+        self.modbus_writes.get_or_create(&OutcomeLabels { outcome }).inc();
     }
 
     /// Count a rejected input and log it, at most once per `LOG_INTERVAL` per (source,

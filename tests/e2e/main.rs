@@ -2,6 +2,7 @@
 //! one), one module per capability.
 #![allow(clippy::unwrap_used)]
 
+mod modbus;
 mod mqtt;
 mod spine;
 mod store;

@@ -593,3 +593,146 @@ pub fn rollup_rows(data_dir: &Path, window: &str) -> Vec<(String, String, i64, u
     }
     rows
 }
+
+/// A pymodbus server (`tests/py/modbus_server.py`) over TCP or a serial line, with the
+/// requests it saw. Killed when dropped.
+#[derive(Debug)]
+pub struct ModbusServer {
+    child: Child,
+    args: Vec<String>,
+    lines: Receiver<String>,
+    /// Every request line seen so far ("req <unit> <fc> <address> <count>" or "write ...").
+    pub seen: Vec<String>,
+    /// The TCP port, for a TCP server.
+    pub port: u16,
+}
+
+impl ModbusServer {
+    /// Serve `spec` (see the script's documentation) over TCP on a free port.
+    pub fn tcp(dir: &Path, spec: &serde_json::Value) -> Self {
+        let port = free_port();
+        let spec_path = dir.join(format!("modbus-{port}.json"));
+        std::fs::write(&spec_path, spec.to_string()).unwrap();
+        let args = vec!["--tcp".to_owned(), port.to_string(), spec_path.display().to_string()];
+        Self::spawn(args, port)
+    }
+
+    /// Serve `spec` as RTU on the serial device `path` at `baud`.
+    pub fn serial(dir: &Path, path: &Path, baud: u32, spec: &serde_json::Value) -> Self {
+        let spec_path = dir.join("modbus-serial.json");
+        std::fs::write(&spec_path, spec.to_string()).unwrap();
+        let args = vec![
+            "--serial".to_owned(),
+            path.display().to_string(),
+            "--baud".to_owned(),
+            baud.to_string(),
+            spec_path.display().to_string(),
+        ];
+        Self::spawn(args, 0)
+    }
+
+    fn spawn(args: Vec<String>, port: u16) -> Self {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/py/modbus_server.py");
+        let mut child = Command::new("python3")
+            .arg("-W")
+            .arg("ignore")
+            .arg(script)
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 is needed by this test");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let server = ModbusServer { child, args, lines, seen: Vec::new(), port };
+        let ready = server.lines.recv_timeout(EVENT_TIMEOUT);
+        assert_eq!(ready.as_deref(), Ok("ready"), "the Modbus server did not start (is pymodbus installed?)");
+        server
+    }
+
+    /// Kill the server (as a power cut would) and start it again with the same values.
+    pub fn restart(&mut self) {
+        self.stop();
+        let fresh = Self::spawn(self.args.clone(), self.port);
+        let old = std::mem::replace(self, fresh);
+        self.seen = old.seen.clone();
+    }
+
+    /// Kill the server.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Collect the request lines that arrived, without waiting.
+    pub fn poll_lines(&mut self) -> &[String] {
+        self.seen.extend(self.lines.try_iter());
+        &self.seen
+    }
+
+    /// Wait for a request line starting with `prefix`; returns it.
+    pub fn wait_line(&mut self, prefix: &str) -> String {
+        let deadline = Instant::now() + EVENT_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    self.seen.push(l.clone());
+                    if l.starts_with(prefix) {
+                        return l;
+                    }
+                }
+                Err(e) => panic!("the Modbus server saw no `{prefix}` within {EVENT_TIMEOUT:?}: {e}"),
+            }
+        }
+    }
+}
+
+impl Drop for ModbusServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A pseudo-terminal pair linked by socat: what one end writes the other reads, like a
+/// serial cable. The ends are `dir/gateway-tty` and `dir/device-tty`.
+#[derive(Debug)]
+pub struct SerialPair {
+    child: Child,
+    pub gateway: PathBuf,
+    pub device: PathBuf,
+}
+
+impl SerialPair {
+    pub fn open(dir: &Path) -> Self {
+        let (gateway, device) = (dir.join("gateway-tty"), dir.join("device-tty"));
+        let child = Command::new("socat")
+            .arg(format!("pty,raw,echo=0,link={}", gateway.display()))
+            .arg(format!("pty,raw,echo=0,link={}", device.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("socat is needed by this test (.ci/install-test-deps installs it)");
+        let deadline = Instant::now() + EVENT_TIMEOUT;
+        while !(gateway.exists() && device.exists()) {
+            assert!(Instant::now() < deadline, "socat did not create the pseudo-terminals");
+            std::thread::park_timeout(Duration::from_millis(10));
+        }
+        SerialPair { child, gateway, device }
+    }
+}
+
+impl Drop for SerialPair {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

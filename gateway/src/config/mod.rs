@@ -15,6 +15,9 @@ pub use diagnostics::{ConfigErrors, Location, Problem};
 pub use secret::{Secret, SecretSpec};
 pub use units::{ByteSize, HumanDuration};
 
+use fieldgate_adapters::modbus::{
+    BusSettings, DataType, DeviceSettings, Order, Parity, Point, SerialSettings, Table, Transport,
+};
 use fieldgate_adapters::mqtt::{
     BrokerSettings, CommandTopic, Field, Mapping, MqttSettings, PayloadFormat, Protocol, TimestampUnit,
     TlsFiles, TopicPattern,
@@ -36,6 +39,8 @@ pub struct Config {
     pub mqtt: Option<MqttConfig>,
     /// The gRPC API; `None` when `[grpc] enabled = false`.
     pub grpc: Option<GrpcConfig>,
+    /// Modbus buses, each with its devices (devices sharing a connection share a bus).
+    pub modbus: Vec<BusSettings>,
 }
 
 /// MQTT: the broker, and where commands go.
@@ -136,13 +141,300 @@ impl Validator {
         let store = self.store(raw.store, &gateway.data_dir);
         let mqtt = self.mqtt(raw.mqtt, &gateway.id, base, env);
         let grpc = self.grpc(raw.grpc, env);
+        let modbus = self.modbus(raw.modbus);
         Config {
             gateway,
             http: HttpConfig { listen: self.address("http.listen", &raw.http.listen) },
             store,
             mqtt,
             grpc,
+            modbus,
         }
+    }
+
+    fn modbus(&mut self, raw: raw::RawModbus) -> Vec<BusSettings> {
+        const MS: Duration = Duration::from_millis(1);
+        let reconnect_min =
+            self.duration("modbus.reconnect_min", raw.reconnect_min, 10 * MS, Duration::from_secs(600));
+        let reconnect_max = self.duration(
+            "modbus.reconnect_max",
+            raw.reconnect_max,
+            reconnect_min,
+            Duration::from_secs(3600),
+        );
+        let breaker_max =
+            self.duration("modbus.backoff_max", raw.backoff_max, 10 * MS, Duration::from_secs(86_400));
+        let mut buses: Vec<BusSettings> = Vec::new();
+        let mut ids = std::collections::HashSet::new();
+        for (i, d) in raw.devices.into_iter().enumerate() {
+            let path = format!("modbus.device[{i}]");
+            let Some((transport, device)) = self.modbus_device(&path, d, raw.max_gap) else { continue };
+            if !ids.insert(device.device.clone()) {
+                self.problem(
+                    &format!("{path}.id"),
+                    format!("`{}` is already a Modbus device", device.device),
+                );
+                continue;
+            }
+            let same_line = |t: &Transport| match (t, &transport) {
+                (Transport::Rtu(a), Transport::Rtu(b)) => a.path == b.path,
+                (a, b) => a == b,
+            };
+            match buses.iter_mut().find(|b| same_line(&b.transport)) {
+                Some(bus) if bus.transport != transport => self.problem(
+                    &format!("{path}.serial"),
+                    "another device on this serial line has different line settings (baud, parity, bits)",
+                ),
+                Some(bus) => {
+                    if bus.devices.iter().any(|o| o.unit == device.unit) {
+                        self.problem(
+                            &format!("{path}.unit"),
+                            format!("unit {} is already used on this bus", device.unit),
+                        );
+                    }
+                    bus.devices.push(device);
+                }
+                None => buses.push(BusSettings {
+                    transport,
+                    devices: vec![device],
+                    reconnect_min,
+                    reconnect_max,
+                    breaker_max,
+                }),
+            }
+        }
+        buses
+    }
+
+    fn modbus_device(
+        &mut self,
+        path: &str,
+        raw: raw::RawModbusDevice,
+        max_gap: u16,
+    ) -> Option<(Transport, DeviceSettings)> {
+        const MS: Duration = Duration::from_millis(1);
+        let device = match DeviceId::new(&raw.id) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.problem(&format!("{path}.id"), e.to_string());
+                None
+            }
+        };
+        let transport = match (&raw.tcp, &raw.rtu_over_tcp, &raw.serial) {
+            (Some(a), None, None) => Some(Transport::Tcp(a.clone())),
+            (None, Some(a), None) => Some(Transport::RtuOverTcp(a.clone())),
+            (None, None, Some(p)) => {
+                let parity = match raw.parity.as_str() {
+                    "none" => Parity::None,
+                    "even" => Parity::Even,
+                    "odd" => Parity::Odd,
+                    other => {
+                        self.problem(
+                            &format!("{path}.parity"),
+                            format!("`{other}`: use \"none\", \"even\" or \"odd\""),
+                        );
+                        Parity::Even
+                    }
+                };
+                if !(1200..=921_600).contains(&raw.baud) {
+                    self.problem(
+                        &format!("{path}.baud"),
+                        format!("{} is not a serial speed (1200 to 921600)", raw.baud),
+                    );
+                }
+                if !matches!(raw.data_bits, 7 | 8) {
+                    self.problem(
+                        &format!("{path}.data_bits"),
+                        "Modbus RTU uses 8 data bits (7 on some old devices)",
+                    );
+                }
+                if !matches!(raw.stop_bits, 1 | 2) {
+                    self.problem(&format!("{path}.stop_bits"), "use 1 or 2");
+                }
+                Some(Transport::Rtu(SerialSettings {
+                    path: p.clone(),
+                    baud: raw.baud,
+                    parity,
+                    data_bits: raw.data_bits,
+                    stop_bits: raw.stop_bits,
+                }))
+            }
+            _ => {
+                self.problem(
+                    path,
+                    "give exactly one of `tcp`, `rtu_over_tcp` (\"host:port\") or `serial` (a device path)",
+                );
+                None
+            }
+        };
+        for (key, addr) in [("tcp", &raw.tcp), ("rtu_over_tcp", &raw.rtu_over_tcp)] {
+            if let Some(a) = addr
+                && a.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none()
+            {
+                self.problem(
+                    &format!("{path}.{key}"),
+                    format!("`{a}` is not \"host:port\" (Modbus TCP is usually port 502)"),
+                );
+            }
+        }
+        let max_unit = if matches!(transport, Some(Transport::Tcp(_))) { 255 } else { 247 };
+        if raw.unit == 0 || raw.unit > max_unit {
+            self.problem(
+                &format!("{path}.unit"),
+                format!("use 1 to {max_unit} (0 is broadcast, which nobody answers)"),
+            );
+        }
+        let poll = self.duration(&format!("{path}.poll"), raw.poll, 10 * MS, Duration::from_secs(86_400));
+        let timeout =
+            self.duration(&format!("{path}.timeout"), raw.timeout, 10 * MS, Duration::from_secs(60));
+        if raw.retries > 10 {
+            self.problem(&format!("{path}.retries"), "at most 10");
+        }
+        if raw.points.is_empty() {
+            self.problem(path, "a device needs at least one `[[modbus.device.point]]`");
+        }
+        let mut points: Vec<Point> = Vec::new();
+        for (j, p) in raw.points.into_iter().enumerate() {
+            let ppath = format!("{path}.point[{j}]");
+            if let Some(point) = self.modbus_point(&ppath, p) {
+                if points.iter().any(|o| o.metric == point.metric) {
+                    self.problem(
+                        &format!("{ppath}.metric"),
+                        format!("`{}` is already a point of this device", point.metric),
+                    );
+                }
+                points.push(point);
+            }
+        }
+        let settings = DeviceSettings {
+            device: device?,
+            unit: raw.unit,
+            poll,
+            timeout,
+            retries: raw.retries,
+            points,
+            max_gap: raw.max_gap.unwrap_or(max_gap),
+        };
+        Some((transport?, settings))
+    }
+
+    fn modbus_point(&mut self, path: &str, raw: raw::RawPoint) -> Option<Point> {
+        let metric =
+            Metric::new(&raw.metric).map_err(|e| self.problem(&format!("{path}.metric"), e.to_string())).ok();
+        let table = match raw.table.as_deref() {
+            None => None,
+            Some("coil") => Some(Table::Coil),
+            Some("discrete_input") => Some(Table::DiscreteInput),
+            Some("input_register") => Some(Table::InputRegister),
+            Some("holding_register") => Some(Table::HoldingRegister),
+            Some(other) => {
+                self.problem(
+                    &format!("{path}.table"),
+                    format!("`{other}`: use coil, discrete_input, input_register or holding_register"),
+                );
+                return None;
+            }
+        };
+        let text = match &raw.address {
+            raw::RawAddress::Number(n) => n.to_string(),
+            raw::RawAddress::Text(t) => t.clone(),
+        };
+        let (table, address) = match table {
+            // With the table given, the address is 0-based as the protocol numbers it.
+            Some(t) => match text.parse::<u16>() {
+                Ok(a) => (t, a),
+                Err(_) => {
+                    self.problem(
+                        &format!("{path}.address"),
+                        format!("`{text}`: with `table` set the address is 0-based (0 to 65535); leave `table` out to write it 1-based like 40001"),
+                    );
+                    return None;
+                }
+            },
+            None => match fieldgate_adapters::modbus::parse_address(&text) {
+                Ok((Some(t), a)) => (t, a),
+                Ok((None, _)) => {
+                    self.problem(
+                        &format!("{path}.address"),
+                        format!("`{text}` does not say its table: give `table`, or write it 1-based like 40001 (holding) or 30001 (input)"),
+                    );
+                    return None;
+                }
+                Err(e) => {
+                    self.problem(&format!("{path}.address"), e);
+                    return None;
+                }
+            },
+        };
+        let name = raw
+            .data_type
+            .clone()
+            .unwrap_or_else(|| if table.is_bits() { "bool".into() } else { "u16".into() });
+        let data_type = match name.as_str() {
+            "bool" => DataType::Bool,
+            "u16" => DataType::U16,
+            "i16" => DataType::I16,
+            "u32" => DataType::U32,
+            "i32" => DataType::I32,
+            "u64" => DataType::U64,
+            "i64" => DataType::I64,
+            "f32" => DataType::F32,
+            "f64" => DataType::F64,
+            "bit" => match raw.bit {
+                Some(b) if b < 16 => DataType::Bit(b),
+                _ => {
+                    self.problem(
+                        &format!("{path}.bit"),
+                        "a `bit` point needs `bit = 0..15` (0 = least significant)",
+                    );
+                    return None;
+                }
+            },
+            "string" => match raw.registers {
+                Some(n) if (1..=125).contains(&n) => DataType::String(n),
+                _ => {
+                    self.problem(&format!("{path}.registers"), "a `string` point needs `registers = 1..125`");
+                    return None;
+                }
+            },
+            other => {
+                self.problem(
+                    &format!("{path}.type"),
+                    format!("`{other}`: use bool, u16, i16, u32, i32, u64, i64, f32, f64, bit or string"),
+                );
+                return None;
+            }
+        };
+        if table.is_bits() && data_type != DataType::Bool {
+            self.problem(&format!("{path}.type"), format!("a {table} holds one bit: use type = \"bool\""));
+            return None;
+        }
+        let Some(order) = Order::parse(&raw.order) else {
+            self.problem(&format!("{path}.order"), format!("`{}`: use ABCD, BADC, CDAB or DCBA", raw.order));
+            return None;
+        };
+        if !raw.scale.is_finite() || raw.scale == 0.0 || !raw.offset.is_finite() {
+            self.problem(&format!("{path}.scale"), "scale must be a non-zero number and offset a number");
+            return None;
+        }
+        let width = if table.is_bits() { 1 } else { data_type.width() };
+        if u32::from(address) + u32::from(width) > 65_536 {
+            self.problem(
+                &format!("{path}.address"),
+                format!("{width} registers from {address} run past 65535"),
+            );
+            return None;
+        }
+        Some(Point {
+            metric: metric?,
+            table,
+            address,
+            data_type,
+            order,
+            scale: raw.scale,
+            offset: raw.offset,
+            unit: raw.unit,
+        })
     }
 
     fn grpc(&mut self, raw: raw::RawGrpc, env: &dyn Fn(&str) -> Option<String>) -> Option<GrpcConfig> {

@@ -20,6 +20,128 @@ pub(crate) struct RawConfig {
     pub(crate) mqtt: RawMqtt,
     #[serde(default)]
     pub(crate) grpc: RawGrpc,
+    #[serde(default)]
+    pub(crate) modbus: RawModbus,
+}
+
+/// `[modbus]`: devices polled over Modbus TCP, RTU, or RTU over TCP.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawModbus {
+    /// Largest hole (registers or bits) read through to merge two requests (per device too).
+    pub(crate) max_gap: u16,
+    pub(crate) reconnect_min: HumanDuration,
+    pub(crate) reconnect_max: HumanDuration,
+    /// The longest a failing device is left alone before it is tried again.
+    pub(crate) backoff_max: HumanDuration,
+    #[serde(rename = "device")]
+    pub(crate) devices: Vec<RawModbusDevice>,
+}
+
+impl Default for RawModbus {
+    fn default() -> Self {
+        RawModbus {
+            max_gap: 8,
+            reconnect_min: HumanDuration(Duration::from_millis(500)),
+            reconnect_max: d(30),
+            backoff_max: d(60),
+            devices: Vec::new(),
+        }
+    }
+}
+
+/// `[[modbus.device]]`: one unit on a bus. Exactly one of `tcp`, `rtu_over_tcp`, `serial`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawModbusDevice {
+    pub(crate) id: String,
+    pub(crate) tcp: Option<String>,
+    pub(crate) rtu_over_tcp: Option<String>,
+    pub(crate) serial: Option<String>,
+    #[serde(default = "default_baud")]
+    pub(crate) baud: u32,
+    #[serde(default = "default_parity")]
+    pub(crate) parity: String,
+    #[serde(default = "default_data_bits")]
+    pub(crate) data_bits: u8,
+    #[serde(default = "default_stop_bits")]
+    pub(crate) stop_bits: u8,
+    #[serde(default = "default_unit")]
+    pub(crate) unit: u8,
+    #[serde(default = "default_poll")]
+    pub(crate) poll: HumanDuration,
+    #[serde(default = "default_modbus_timeout")]
+    pub(crate) timeout: HumanDuration,
+    #[serde(default = "default_retries")]
+    pub(crate) retries: u32,
+    pub(crate) max_gap: Option<u16>,
+    #[serde(default, rename = "point")]
+    pub(crate) points: Vec<RawPoint>,
+}
+
+fn default_baud() -> u32 {
+    9600
+}
+fn default_parity() -> String {
+    "even".to_owned()
+}
+fn default_data_bits() -> u8 {
+    8
+}
+fn default_stop_bits() -> u8 {
+    1
+}
+fn default_unit() -> u8 {
+    1
+}
+fn default_poll() -> HumanDuration {
+    d(1)
+}
+fn default_modbus_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_millis(500))
+}
+fn default_retries() -> u32 {
+    1
+}
+
+/// `[[modbus.device.point]]`: one value of a device.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPoint {
+    pub(crate) metric: String,
+    /// `coil`, `discrete_input`, `input_register`, `holding_register`; may be left out when the
+    /// address is written 1-based (`40001`).
+    pub(crate) table: Option<String>,
+    pub(crate) address: RawAddress,
+    /// Default: `bool` for coils and discrete inputs, `u16` for registers.
+    #[serde(rename = "type")]
+    pub(crate) data_type: Option<String>,
+    #[serde(default = "default_order")]
+    pub(crate) order: String,
+    /// For `type = "bit"`: which bit, 0 = least significant.
+    pub(crate) bit: Option<u8>,
+    /// For `type = "string"`: how many registers.
+    pub(crate) registers: Option<u16>,
+    #[serde(default = "one")]
+    pub(crate) scale: f64,
+    #[serde(default)]
+    pub(crate) offset: f64,
+    pub(crate) unit: Option<String>,
+}
+
+/// An address, as a number or a string (`"40001"`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum RawAddress {
+    Number(u64),
+    Text(String),
+}
+
+fn default_order() -> String {
+    "ABCD".to_owned()
+}
+fn one() -> f64 {
+    1.0
 }
 
 #[derive(Debug, Deserialize)]

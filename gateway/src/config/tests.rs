@@ -405,3 +405,97 @@ ca_file = "ca.pem"
     assert!(text.starts_with("mqtt.external.tls.cert_file: cannot read "), "{text}");
     assert!(text.contains("missing.pem"), "{text}");
 }
+
+#[test]
+fn modbus_devices_parse_and_their_mistakes_are_explained() {
+    let src = r#"
+[gateway]
+id = "farm"
+
+[[modbus.device]]
+id = "tank-1"
+tcp = "10.0.0.5:502"
+poll = "250ms"
+
+[[modbus.device.point]]
+metric = "level"
+address = 40013
+type = "f32"
+order = "cdab"
+
+[[modbus.device.point]]
+metric = "pump"
+table = "coil"
+address = 4
+
+[[modbus.device]]
+id = "bin-7"
+serial = "/dev/ttyUSB0"
+unit = 7
+
+[[modbus.device.point]]
+metric = "level"
+address = 30001
+scale = 0.1
+"#;
+    let c = Config::parse(src, Path::new("f.toml"), &no_env).unwrap();
+    assert_eq!(c.modbus.len(), 2, "two buses");
+    let tank = &c.modbus[0].devices[0];
+    assert_eq!((tank.unit, tank.poll), (1, Duration::from_millis(250)));
+    assert_eq!((tank.points[0].table, tank.points[0].address), (Table::HoldingRegister, 12));
+    assert_eq!((tank.points[0].data_type, tank.points[0].order), (DataType::F32, Order::Cdab));
+    assert_eq!((tank.points[1].table, tank.points[1].data_type), (Table::Coil, DataType::Bool));
+    assert!(
+        matches!(&c.modbus[1].transport, Transport::Rtu(s) if s.baud == 9600 && s.parity == Parity::Even)
+    );
+
+    let src = r#"
+[gateway]
+id = "farm"
+
+[[modbus.device]]
+id = "tank-1"
+tcp = "10.0.0.5"
+rtu_over_tcp = "10.0.0.6:4001"
+
+[[modbus.device]]
+id = "tank-2"
+tcp = "10.0.0.5:502"
+unit = 0
+
+[[modbus.device.point]]
+metric = "level"
+address = 12
+
+[[modbus.device.point]]
+metric = "level"
+table = "holding_register"
+address = 400013
+
+[[modbus.device.point]]
+metric = "alarm"
+table = "coil"
+address = 1
+type = "u16"
+
+[[modbus.device.point]]
+metric = "t"
+table = "holding_register"
+address = 0
+type = "f16"
+"#;
+    let texts: Vec<String> = located(src).into_iter().map(|p| format!("{}: {}", p.0, p.2)).collect();
+    assert_eq!(
+        texts,
+        vec![
+            "5: modbus.device[0]: give exactly one of `tcp`, `rtu_over_tcp` (\"host:port\") or `serial` (a device path)",
+            "5: modbus.device[0]: a device needs at least one `[[modbus.device.point]]`",
+            "7: modbus.device[0].tcp: `10.0.0.5` is not \"host:port\" (Modbus TCP is usually port 502)",
+            "13: modbus.device[1].unit: use 1 to 255 (0 is broadcast, which nobody answers)",
+            "17: modbus.device[1].point[0].address: `12` does not say its table: give `table`, or write it 1-based like 40001 (holding) or 30001 (input)",
+            "22: modbus.device[1].point[1].address: `400013`: with `table` set the address is 0-based (0 to 65535); leave `table` out to write it 1-based like 40001",
+            "28: modbus.device[1].point[2].type: a coil holds one bit: use type = \"bool\"",
+            "34: modbus.device[1].point[3].type: `f16`: use bool, u16, i16, u32, i32, u64, i64, f32, f64, bit or string",
+        ]
+    );
+}

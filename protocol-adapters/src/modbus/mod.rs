@@ -5,8 +5,12 @@
 //! functions, one path for reads and writes; [`plan`] merges a device's points into as few
 //! requests as the protocol allows.
 
+pub mod bus;
 pub mod plan;
 pub mod point;
 
+pub use bus::{
+    BusSettings, DeviceHealth, DeviceSettings, HealthBoard, Parity, SerialSettings, Transport, WriteRequest,
+};
 pub use plan::{Read, plan};
 pub use point::{CodecError, DataType, Order, Point, Table, encode_raw, parse_address, raw_value};

@@ -1,0 +1,539 @@
+//! A bus: one connection (a TCP socket, a serial line, or a serial server reached over TCP)
+//! and the devices behind it, polled one request at a time.
+//!
+//! Scheduling: the bus polls whichever device is due next; a device's requests (its read plan)
+//! run back to back, then the next device's. A serial line carries one request at a time by
+//! nature, and the bus keeps the 3.5-character silence the baud rate needs between frames.
+//! Each device has its own circuit breaker: a device whose poll fails entirely (every request
+//! timed out, failed, or answered an exception) is backed off with jittered exponential delays
+//! up to `breaker_max`, then tried again, while the others keep their poll rate. A silent
+//! unit therefore costs the line one timeout per backoff period, not one per poll.
+//!
+//! Every request is wrapped in the device's timeout (tokio-modbus has none of its own). After
+//! a timeout the connection is dropped and opened again before the next request: a late answer
+//! would otherwise be taken for the answer to the next request (slowtec/tokio-modbus #324).
+//! Connecting, too, backs off with jitter.
+//!
+//! An exception response is an answer: each point of the request becomes a bad-quality reading
+//! (recorded, not aggregated) and the code is counted. Writes (commands) go through the same
+//! queue as polls, between two polls, with the same encoding as reads.
+
+use super::plan::{Read, plan};
+use super::point::{Point, Table};
+use crate::backoff::Backoff;
+use crate::metrics::AdapterMetrics;
+use fieldgate_proto::{CommandError, DeviceId, Quality, Reading, ReadingSink, Source, Timestamp};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tokio_modbus::client::{Client, Context, Reader, Writer};
+use tokio_modbus::prelude::SlaveContext;
+use tokio_modbus::{ExceptionCode, Slave};
+use tokio_util::sync::CancellationToken;
+
+/// How the bus reaches its devices.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Transport {
+    /// Modbus TCP (MBAP framing) to `host:port`.
+    Tcp(String),
+    /// RTU frames through a serial server reached over TCP (`host:port`).
+    RtuOverTcp(String),
+    /// RTU on a serial line.
+    Rtu(SerialSettings),
+}
+
+/// A serial line's settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SerialSettings {
+    pub path: String,
+    pub baud: u32,
+    pub parity: Parity,
+    pub data_bits: u8,
+    pub stop_bits: u8,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parity {
+    None,
+    Even,
+    Odd,
+}
+
+impl Transport {
+    /// How the bus is named in logs and health.
+    pub fn describe(&self) -> String {
+        match self {
+            Transport::Tcp(a) => format!("tcp://{a}"),
+            Transport::RtuOverTcp(a) => format!("rtu-over-tcp://{a}"),
+            Transport::Rtu(s) => format!("{} at {} baud", s.path, s.baud),
+        }
+    }
+
+    /// The silence a serial line needs between frames: 3.5 characters of 11 bits, or 1.75 ms
+    /// above 19,200 baud (Modbus over serial line 1.02, 2.5.1.1). None for TCP.
+    pub fn frame_gap(&self) -> Duration {
+        match self {
+            Transport::Rtu(s) if s.baud > 19_200 => Duration::from_micros(1750),
+            Transport::Rtu(s) => Duration::from_micros(3_500_000 * 11 / u64::from(s.baud.max(1))),
+            _ => Duration::ZERO,
+        }
+    }
+}
+
+/// One device on a bus.
+#[derive(Debug, Clone)]
+pub struct DeviceSettings {
+    pub device: DeviceId,
+    pub unit: u8,
+    pub poll: Duration,
+    pub timeout: Duration,
+    /// Further attempts of a request that timed out or failed (not of one answered with an
+    /// exception).
+    pub retries: u32,
+    pub points: Vec<Point>,
+    /// Largest hole to read through when merging requests.
+    pub max_gap: u16,
+}
+
+/// A bus and its devices.
+#[derive(Debug, Clone)]
+pub struct BusSettings {
+    pub transport: Transport,
+    pub devices: Vec<DeviceSettings>,
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+    /// The longest a failing device is backed off.
+    pub breaker_max: Duration,
+}
+
+/// A device's health as the bus sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceHealth {
+    /// Not polled yet.
+    Starting,
+    Ok,
+    /// Backed off after a failed poll; the text says why.
+    BackedOff(String),
+}
+
+/// The health of every device of every bus, shared (each bus updates its own entries).
+pub type HealthBoard = watch::Sender<BTreeMap<DeviceId, DeviceHealth>>;
+
+/// A write for the bus: one point of one device, and where to report the outcome.
+#[derive(Debug)]
+pub struct WriteRequest {
+    pub device: DeviceId,
+    pub metric: fieldgate_proto::Metric,
+    pub value: f64,
+    pub done: oneshot::Sender<Result<String, CommandError>>,
+}
+
+/// What failed in a request.
+#[derive(Debug)]
+enum Failure {
+    Exception(ExceptionCode),
+    Timeout,
+    /// Transport or protocol error (the text says which).
+    Error(String),
+}
+
+impl Failure {
+    fn describe(&self, timeout: Duration) -> String {
+        match self {
+            Failure::Exception(code) => format!("exception {}", exception_name(*code)),
+            Failure::Timeout => format!("no answer within {timeout:?}"),
+            Failure::Error(e) => e.clone(),
+        }
+    }
+}
+
+/// The metrics label of an exception code.
+pub fn exception_name(code: ExceptionCode) -> &'static str {
+    match code {
+        ExceptionCode::IllegalFunction => "illegal_function",
+        ExceptionCode::IllegalDataAddress => "illegal_data_address",
+        ExceptionCode::IllegalDataValue => "illegal_data_value",
+        ExceptionCode::ServerDeviceFailure => "server_device_failure",
+        ExceptionCode::Acknowledge => "acknowledge",
+        ExceptionCode::ServerDeviceBusy => "server_device_busy",
+        ExceptionCode::MemoryParityError => "memory_parity_error",
+        ExceptionCode::GatewayPathUnavailable => "gateway_path_unavailable",
+        ExceptionCode::GatewayTargetDevice => "gateway_target_device",
+        _ => "other",
+    }
+}
+
+struct Device {
+    s: DeviceSettings,
+    reads: Vec<Read>,
+    due: Instant,
+    breaker: Backoff,
+    backed_off: bool,
+}
+
+/// Values of one request, by the table kind.
+enum Data {
+    Bits(Vec<bool>),
+    Words(Vec<u16>),
+}
+
+/// Poll the bus's devices until `shutdown`, and carry out writes from `writes`.
+pub async fn run(
+    settings: BusSettings,
+    sink: ReadingSink,
+    mut writes: mpsc::Receiver<WriteRequest>,
+    metrics: AdapterMetrics,
+    health: HealthBoard,
+    shutdown: CancellationToken,
+) -> Result<(), String> {
+    let name = settings.transport.describe();
+    let gap = settings.transport.frame_gap();
+    let now = Instant::now();
+    let mut devices: Vec<Device> = settings
+        .devices
+        .iter()
+        .map(|d| Device {
+            reads: plan(&d.points, d.max_gap),
+            due: now,
+            breaker: Backoff::new(d.poll.max(Duration::from_millis(100)), settings.breaker_max),
+            backed_off: false,
+            s: d.clone(),
+        })
+        .collect();
+    for d in &devices {
+        tracing::info!(
+            bus = %name,
+            device = %d.s.device,
+            unit = d.s.unit,
+            points = d.s.points.len(),
+            requests = d.reads.len(),
+            "modbus device planned"
+        );
+    }
+    health.send_modify(|h| {
+        for d in &devices {
+            h.insert(d.s.device.clone(), DeviceHealth::Starting);
+        }
+    });
+    let mut link = Link { transport: settings.transport.clone(), ctx: None, last_frame: None, gap };
+    let mut reconnect = Backoff::new(settings.reconnect_min, settings.reconnect_max);
+    let mut reconnect_at = now;
+    loop {
+        let next = devices.iter().enumerate().min_by_key(|(_, d)| d.due).map(|(i, d)| (i, d.due));
+        let Some((i, due)) = next else {
+            // A bus without devices only serves writes (none can match) until shutdown.
+            shutdown.cancelled().await;
+            return Ok(());
+        };
+        let due = due.max(reconnect_at);
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            Some(w) = writes.recv() => {
+                let outcome = write(&mut link, &devices, &w, &metrics).await;
+                let _ = w.done.send(outcome);
+            }
+            () = tokio::time::sleep_until(due) => {
+                if link.ctx.is_none() {
+                    match link.connect(devices[i].s.timeout).await {
+                        Ok(()) => {
+                            reconnect.reset();
+                            tracing::info!(bus = %name, "modbus connected");
+                        }
+                        Err(e) => {
+                            metrics.modbus_reconnects.inc();
+                            let delay = reconnect.next_delay();
+                            reconnect_at = Instant::now() + delay;
+                            let why = format!("cannot connect to {name}: {e}");
+                            tracing::warn!(bus = %name, error = %e, retry_in = ?delay, "modbus connect failed");
+                            health.send_modify(|h| {
+                                for d in &devices {
+                                    h.insert(d.s.device.clone(), DeviceHealth::BackedOff(why.clone()));
+                                }
+                            });
+                            continue;
+                        }
+                    }
+                }
+                poll_device(&mut link, &mut devices[i], &sink, &metrics, &health, &name).await?;
+            }
+        }
+    }
+    if let Some(mut ctx) = link.ctx.take() {
+        let _ = ctx.disconnect().await;
+    }
+    Ok(())
+}
+
+/// The connection of a bus, opened on demand and dropped after a timeout or an error.
+struct Link {
+    transport: Transport,
+    ctx: Option<Context>,
+    /// When the last frame ended (for the serial silence).
+    last_frame: Option<Instant>,
+    gap: Duration,
+}
+
+impl Link {
+    async fn connect(&mut self, timeout: Duration) -> std::io::Result<()> {
+        let slave = Slave(0);
+        let ctx = match &self.transport {
+            Transport::Tcp(addr) | Transport::RtuOverTcp(addr) => {
+                let stream = tokio::time::timeout(
+                    timeout.max(Duration::from_secs(1)),
+                    tokio::net::TcpStream::connect(addr),
+                )
+                .await
+                .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+                let _ = stream.set_nodelay(true);
+                match self.transport {
+                    Transport::Tcp(_) => tokio_modbus::client::tcp::attach_slave(stream, slave),
+                    _ => tokio_modbus::client::rtu::attach_slave(stream, slave),
+                }
+            }
+            Transport::Rtu(s) => {
+                let port = open_serial(s)?;
+                tokio_modbus::client::rtu::attach_slave(port, slave)
+            }
+        };
+        self.ctx = Some(ctx);
+        Ok(())
+    }
+
+    /// Run one request with `timeout`, keeping the line's silence before it.
+    async fn request(&mut self, unit: u8, read: &Read, timeout: Duration) -> Result<Data, Failure> {
+        if let Some(last) = self.last_frame {
+            tokio::time::sleep_until(last + self.gap).await;
+        }
+        let Some(ctx) = self.ctx.as_mut() else { return Err(Failure::Error("not connected".into())) };
+        ctx.set_slave(Slave(unit));
+        let (a, n) = (read.address, read.count);
+        let outcome = tokio::time::timeout(timeout, async {
+            match read.table {
+                Table::Coil => ctx.read_coils(a, n).await.map(|r| r.map(Data::Bits)),
+                Table::DiscreteInput => ctx.read_discrete_inputs(a, n).await.map(|r| r.map(Data::Bits)),
+                Table::InputRegister => ctx.read_input_registers(a, n).await.map(|r| r.map(Data::Words)),
+                Table::HoldingRegister => ctx.read_holding_registers(a, n).await.map(|r| r.map(Data::Words)),
+            }
+        })
+        .await;
+        self.last_frame = Some(Instant::now());
+        match outcome {
+            Ok(Ok(Ok(data))) => Ok(data),
+            Ok(Ok(Err(code))) => Err(Failure::Exception(code)),
+            Ok(Err(e)) => {
+                self.ctx = None;
+                Err(Failure::Error(e.to_string()))
+            }
+            Err(_) => {
+                // A late answer must not be read as the next one's: start afresh.
+                self.ctx = None;
+                Err(Failure::Timeout)
+            }
+        }
+    }
+}
+
+fn open_serial(s: &SerialSettings) -> std::io::Result<tokio_serial::SerialStream> {
+    use tokio_serial::SerialPortBuilderExt;
+    let parity = match s.parity {
+        Parity::None => tokio_serial::Parity::None,
+        Parity::Even => tokio_serial::Parity::Even,
+        Parity::Odd => tokio_serial::Parity::Odd,
+    };
+    let data_bits = match s.data_bits {
+        5 => tokio_serial::DataBits::Five,
+        6 => tokio_serial::DataBits::Six,
+        7 => tokio_serial::DataBits::Seven,
+        _ => tokio_serial::DataBits::Eight,
+    };
+    let stop_bits = if s.stop_bits == 2 { tokio_serial::StopBits::Two } else { tokio_serial::StopBits::One };
+    tokio_serial::new(&s.path, s.baud)
+        .parity(parity)
+        .data_bits(data_bits)
+        .stop_bits(stop_bits)
+        .open_native_async()
+        .map_err(std::io::Error::other)
+}
+
+/// Poll every request of one device, hand the readings to the store, and schedule its next
+/// poll (or back it off).
+async fn poll_device(
+    link: &mut Link,
+    d: &mut Device,
+    sink: &ReadingSink,
+    metrics: &AdapterMetrics,
+    health: &HealthBoard,
+    bus: &str,
+) -> Result<(), String> {
+    let started = d.due;
+    let mut readings = Vec::new();
+    let mut answered = 0usize;
+    let mut last_failure = None;
+    for read in &d.reads {
+        let mut attempt = 0;
+        let result = loop {
+            if link.ctx.is_none() && link.connect(d.s.timeout).await.is_err() {
+                break Err(Failure::Error(format!("cannot connect to {bus}")));
+            }
+            match link.request(d.s.unit, read, d.s.timeout).await {
+                Err(Failure::Timeout | Failure::Error(_)) if attempt < d.s.retries => attempt += 1,
+                other => break other,
+            }
+        };
+        let ts = Timestamp::now();
+        match result {
+            Ok(data) => {
+                metrics.modbus_request("ok");
+                answered += 1;
+                for &(p, offset) in &read.points {
+                    let point = &d.s.points[p];
+                    let value = match &data {
+                        Data::Bits(bits) => bits.get(usize::from(offset)).map(|b| Ok(point.decode_bit(*b))),
+                        Data::Words(words) => {
+                            let at = usize::from(offset);
+                            words.get(at..at + usize::from(point.width())).map(|w| point.decode_registers(w))
+                        }
+                    };
+                    readings.push(match value {
+                        Some(Ok(v)) => reading(&d.s.device, point, ts, v, Quality::Good),
+                        // A string that is not a number, or a short answer: the device said
+                        // something, but not a value.
+                        _ => reading(&d.s.device, point, ts, f64::NAN, Quality::Bad),
+                    });
+                }
+            }
+            Err(f) => {
+                match &f {
+                    Failure::Exception(code) => {
+                        metrics.modbus_request("exception");
+                        metrics.modbus_exception(exception_name(*code));
+                        readings.extend(
+                            read.points.iter().map(|&(p, _)| {
+                                reading(&d.s.device, &d.s.points[p], ts, f64::NAN, Quality::Bad)
+                            }),
+                        );
+                    }
+                    Failure::Timeout => metrics.modbus_request("timeout"),
+                    Failure::Error(_) => metrics.modbus_request("error"),
+                }
+                last_failure = Some(f);
+            }
+        }
+    }
+    metrics.modbus_points.inc_by(readings.len() as u64);
+    if !readings.is_empty() {
+        // Modbus has nobody to acknowledge to: the Ack is dropped, the readings still go in.
+        sink.submit(readings, Timestamp::now()).await.map_err(|e| e.to_string())?;
+    }
+    let now = Instant::now();
+    let all_failed = answered == 0 && !d.reads.is_empty();
+    if all_failed {
+        let why = last_failure.map_or_else(String::new, |f| f.describe(d.s.timeout));
+        let delay = d.breaker.next_delay();
+        d.due = now + delay;
+        if !d.backed_off {
+            metrics.modbus_backed_off.inc();
+            d.backed_off = true;
+        }
+        tracing::warn!(bus, device = %d.s.device, unit = d.s.unit, reason = %why, retry_in = ?delay, "modbus device backed off");
+        let detail = format!("{why}; next try in {delay:.1?}");
+        health.send_modify(|h| {
+            h.insert(d.s.device.clone(), DeviceHealth::BackedOff(detail));
+        });
+        return Ok(());
+    }
+    if d.backed_off {
+        metrics.modbus_backed_off.dec();
+        d.backed_off = false;
+        tracing::info!(bus, device = %d.s.device, "modbus device answers again");
+    }
+    d.breaker.reset();
+    health.send_if_modified(|h| h.insert(d.s.device.clone(), DeviceHealth::Ok) != Some(DeviceHealth::Ok));
+    // Keep the phase; after a stall, start again from now rather than catching up in a burst.
+    d.due = started + d.s.poll;
+    if d.due < now {
+        d.due = now + d.s.poll;
+    }
+    Ok(())
+}
+
+fn reading(device: &DeviceId, p: &Point, ts: Timestamp, value: f64, quality: Quality) -> Reading {
+    Reading { device: device.clone(), metric: p.metric.clone(), ts, value, quality, source: Source::Modbus }
+}
+
+/// Carry out a write: FC5 for a coil, FC6 for a one-register value, FC16 for wider ones.
+async fn write(
+    link: &mut Link,
+    devices: &[Device],
+    w: &WriteRequest,
+    metrics: &AdapterMetrics,
+) -> Result<String, CommandError> {
+    let d = devices
+        .iter()
+        .find(|d| d.s.device == w.device)
+        .ok_or_else(|| CommandError::UnknownDevice(format!("`{}` is not on this Modbus bus", w.device)))?;
+    let point = d.s.points.iter().find(|p| p.metric == w.metric).ok_or_else(|| {
+        CommandError::Unsupported(format!("`{}` has no Modbus point named `{}`", w.device, w.metric))
+    })?;
+    if !point.table.is_writable() {
+        return Err(CommandError::Unsupported(format!(
+            "`{}` of `{}` is a {}, which Modbus cannot write",
+            w.metric, w.device, point.table
+        )));
+    }
+    let words = if point.table.is_bits() {
+        None
+    } else {
+        Some(
+            point
+                .encode_registers(w.value)
+                .map_err(|e| CommandError::Unsupported(format!("{}: {e}", w.metric)))?,
+        )
+    };
+    if link.ctx.is_none() {
+        link.connect(d.s.timeout).await.map_err(|e| {
+            CommandError::Unreachable(format!("cannot connect to {}: {e}", link.transport.describe()))
+        })?;
+    }
+    if let Some(last) = link.last_frame {
+        tokio::time::sleep_until(last + link.gap).await;
+    }
+    let ctx = link.ctx.as_mut().expect("connected");
+    ctx.set_slave(Slave(d.s.unit));
+    let a = point.address;
+    let outcome = tokio::time::timeout(d.s.timeout, async {
+        match &words {
+            None => ctx.write_single_coil(a, w.value != 0.0).await,
+            Some(words) if words.len() == 1 => ctx.write_single_register(a, words[0]).await,
+            Some(words) => ctx.write_multiple_registers(a, words).await,
+        }
+    })
+    .await;
+    link.last_frame = Some(Instant::now());
+    let result = match outcome {
+        Ok(Ok(Ok(()))) => Ok(format!(
+            "wrote {} to {} {} (unit {}) of {}",
+            w.value, point.table, point.address, d.s.unit, w.device
+        )),
+        Ok(Ok(Err(code))) => Err(CommandError::Refused(format!(
+            "{} answered the write with exception {}",
+            w.device,
+            exception_name(code)
+        ))),
+        Ok(Err(e)) => {
+            link.ctx = None;
+            Err(CommandError::Unreachable(format!("writing to {}: {e}", w.device)))
+        }
+        Err(_) => {
+            link.ctx = None;
+            Err(CommandError::Timeout(format!(
+                "{} did not answer the write within {:?}; it may or may not have taken effect",
+                w.device, d.s.timeout
+            )))
+        }
+    };
+    metrics.modbus_write(if result.is_ok() { "ok" } else { "failed" });
+    result
+}

@@ -35,6 +35,52 @@ pub enum Command {
     },
     /// Print the version of this build.
     Version,
+    /// Modbus tools.
+    Modbus {
+        #[command(subcommand)]
+        command: ModbusCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModbusCommand {
+    /// Read registers around an address of a live device and print every decoding side by side
+    /// (each type in each byte/word order, at the address and at ±1), marking those that give
+    /// the expected value.
+    Probe(ProbeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ProbeArgs {
+    /// Modbus TCP device, "host:port".
+    #[arg(long, group = "transport")]
+    pub tcp: Option<String>,
+    /// RTU through a serial server, "host:port".
+    #[arg(long, group = "transport")]
+    pub rtu_over_tcp: Option<String>,
+    /// RTU on a serial line, e.g. /dev/ttyUSB0.
+    #[arg(long, group = "transport")]
+    pub serial: Option<String>,
+    #[arg(long, default_value_t = 9600)]
+    pub baud: u32,
+    /// none, even or odd.
+    #[arg(long, default_value = "even")]
+    pub parity: String,
+    #[arg(long, default_value_t = 1)]
+    pub unit: u8,
+    /// coil, discrete_input, input_register or holding_register; without it, write the address
+    /// 1-based like 40013.
+    #[arg(long)]
+    pub table: Option<String>,
+    /// The address: 0-based with --table, or 1-based with its table digit (40013).
+    #[arg(long)]
+    pub address: String,
+    /// The value the device should show now (e.g. from its display).
+    #[arg(long)]
+    pub expect: Option<f64>,
+    /// How long to wait for the answer.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
 }
 
 /// Run the chosen subcommand.
@@ -45,6 +91,70 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Version => {
             println!("fieldgate {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Modbus { command: ModbusCommand::Probe(args) } => probe(args),
+    }
+}
+
+fn probe(args: ProbeArgs) -> anyhow::Result<ExitCode> {
+    use fieldgate_adapters::modbus::{Parity, SerialSettings, Table, Transport, parse_address, probe};
+    let transport = match (args.tcp, args.rtu_over_tcp, args.serial) {
+        (Some(a), None, None) => Transport::Tcp(a),
+        (None, Some(a), None) => Transport::RtuOverTcp(a),
+        (None, None, Some(path)) => {
+            let parity = match args.parity.as_str() {
+                "none" => Parity::None,
+                "even" => Parity::Even,
+                "odd" => Parity::Odd,
+                other => anyhow::bail!("--parity {other}: use none, even or odd"),
+            };
+            Transport::Rtu(SerialSettings { path, baud: args.baud, parity, data_bits: 8, stop_bits: 1 })
+        }
+        _ => anyhow::bail!("give one of --tcp, --rtu-over-tcp or --serial"),
+    };
+    let (table, address) = match args.table.as_deref() {
+        Some(t) => {
+            let table = match t {
+                "coil" => Table::Coil,
+                "discrete_input" => Table::DiscreteInput,
+                "input_register" => Table::InputRegister,
+                "holding_register" => Table::HoldingRegister,
+                other => anyhow::bail!(
+                    "--table {other}: use coil, discrete_input, input_register or holding_register"
+                ),
+            };
+            let address: u16 = args.address.parse().map_err(|_| {
+                anyhow::anyhow!(
+                    "--address {}: with --table the address is 0-based (0 to 65535)",
+                    args.address
+                )
+            })?;
+            (table, address)
+        }
+        None => match parse_address(&args.address).map_err(anyhow::Error::msg)? {
+            (Some(t), a) => (t, a),
+            (None, _) => {
+                anyhow::bail!("--address {}: give --table, or write it 1-based like 40013", args.address)
+            }
+        },
+    };
+    let probe = probe::Probe {
+        transport,
+        unit: args.unit,
+        table,
+        address,
+        timeout: args.timeout,
+        expect: args.expect,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    match runtime.block_on(probe::run(&probe)) {
+        Ok(table) => {
+            print!("{table}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::FAILURE)
         }
     }
 }

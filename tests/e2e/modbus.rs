@@ -378,3 +378,34 @@ address = 0
     gw.signal(Signal::SIGTERM);
     assert_eq!(gw.wait_exit().code(), Some(0), "{}", gw.log());
 }
+
+#[test]
+fn the_probe_finds_type_order_and_address_of_a_value() {
+    let dir = tempfile::tempdir().unwrap();
+    // 1234.5 as a CDAB float at 0-based 13, which a manual would call 40014.
+    let spec = json!({"units": {"1": [
+        {"table": "holding_register", "address": 10, "type": "u16", "raw": 0},
+        {"table": "holding_register", "address": 13, "type": "f32", "order": "CDAB", "raw": 1234.5},
+        {"table": "holding_register", "address": 20, "type": "u16", "raw": 0}]}});
+    let server = ModbusServer::tcp(dir.path(), &spec);
+    let out = std::process::Command::new(fieldgate_tests::bin("fieldgate"))
+        .args(["modbus", "probe", "--tcp", &format!("127.0.0.1:{}", server.port)])
+        .args(["--address", "40013", "--expect", "1234.5"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        text.contains("1234.5 found as:\n  type = \"f32\", order = \"CDAB\", address = 13 (0-based"),
+        "{text}"
+    );
+    // A unit that does not exist: a clear error and exit 1, not a hang.
+    let out = std::process::Command::new(fieldgate_tests::bin("fieldgate"))
+        .args(["modbus", "probe", "--tcp", &format!("127.0.0.1:{}", server.port), "--unit", "9"])
+        .args(["--address", "40013", "--timeout", "300ms"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unit 9 of tcp://127.0.0.1:") && err.contains("no answer within 300ms"), "{err}");
+}

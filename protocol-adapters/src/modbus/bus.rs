@@ -131,7 +131,7 @@ pub struct WriteRequest {
 
 /// What failed in a request.
 #[derive(Debug)]
-enum Failure {
+pub(crate) enum Failure {
     Exception(ExceptionCode),
     Timeout,
     /// Transport or protocol error (the text says which).
@@ -139,7 +139,7 @@ enum Failure {
 }
 
 impl Failure {
-    fn describe(&self, timeout: Duration) -> String {
+    pub(crate) fn describe(&self, timeout: Duration) -> String {
         match self {
             Failure::Exception(code) => format!("exception {}", exception_name(*code)),
             Failure::Timeout => format!("no answer within {timeout:?}"),
@@ -173,7 +173,7 @@ struct Device {
 }
 
 /// Values of one request, by the table kind.
-enum Data {
+pub(crate) enum Data {
     Bits(Vec<bool>),
     Words(Vec<u16>),
 }
@@ -188,7 +188,6 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), String> {
     let name = settings.transport.describe();
-    let gap = settings.transport.frame_gap();
     let now = Instant::now();
     let mut devices: Vec<Device> = settings
         .devices
@@ -216,7 +215,7 @@ pub async fn run(
             h.insert(d.s.device.clone(), DeviceHealth::Starting);
         }
     });
-    let mut link = Link { transport: settings.transport.clone(), ctx: None, last_frame: None, gap };
+    let mut link = Link::new(settings.transport.clone());
     let mut reconnect = Backoff::new(settings.reconnect_min, settings.reconnect_max);
     let mut reconnect_at = now;
     loop {
@@ -267,7 +266,7 @@ pub async fn run(
 }
 
 /// The connection of a bus, opened on demand and dropped after a timeout or an error.
-struct Link {
+pub(crate) struct Link {
     transport: Transport,
     ctx: Option<Context>,
     /// When the last frame ended (for the serial silence).
@@ -276,7 +275,12 @@ struct Link {
 }
 
 impl Link {
-    async fn connect(&mut self, timeout: Duration) -> std::io::Result<()> {
+    pub(crate) fn new(transport: Transport) -> Self {
+        let gap = transport.frame_gap();
+        Link { transport, ctx: None, last_frame: None, gap }
+    }
+
+    pub(crate) async fn connect(&mut self, timeout: Duration) -> std::io::Result<()> {
         let slave = Slave(0);
         let ctx = match &self.transport {
             Transport::Tcp(addr) | Transport::RtuOverTcp(addr) => {
@@ -302,7 +306,12 @@ impl Link {
     }
 
     /// Run one request with `timeout`, keeping the line's silence before it.
-    async fn request(&mut self, unit: u8, read: &Read, timeout: Duration) -> Result<Data, Failure> {
+    pub(crate) async fn request(
+        &mut self,
+        unit: u8,
+        read: &Read,
+        timeout: Duration,
+    ) -> Result<Data, Failure> {
         if let Some(last) = self.last_frame {
             tokio::time::sleep_until(last + self.gap).await;
         }

@@ -8,6 +8,7 @@
 pub mod bus;
 pub mod plan;
 pub mod point;
+pub mod probe;
 
 pub use bus::{
     BusSettings, DeviceHealth, DeviceSettings, HealthBoard, Parity, SerialSettings, Transport, WriteRequest,

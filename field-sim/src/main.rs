@@ -1,13 +1,113 @@
 //! `field-sim`: simulated farm devices that speak the real protocols to a fieldgate gateway.
+#![allow(clippy::print_stdout)]
 
-use clap::Parser;
+mod modbus;
+mod sensors;
+
+use clap::{Parser, Subcommand};
+use fieldgate_adapters::modbus::Order;
+use sensors::{Kind, Sensor};
+use std::sync::Arc;
 
 /// field-sim: simulated combines, carts, trucks, bins and sensors speaking MQTT, Modbus and
 /// LoRaWAN to a fieldgate gateway, for tests, demos and scoring dispatch policies.
 #[derive(Debug, Parser)]
 #[command(name = "field-sim", version)]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() {
-    Cli::parse();
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve simulated Modbus TCP sensors (grain bins, tanks, weather stations), one port each,
+    /// with byte orders that vary by device. Prints one JSON line when every server listens
+    /// (ids, addresses, orders, and the values at that moment), then serves until killed.
+    Modbus {
+        #[arg(long, default_value_t = 1)]
+        bins: usize,
+        #[arg(long, default_value_t = 1)]
+        tanks: usize,
+        #[arg(long, default_value_t = 1)]
+        weather: usize,
+        /// Address to listen on; each device gets its own port chosen by the OS.
+        #[arg(long, default_value = "127.0.0.1")]
+        listen: std::net::IpAddr,
+        /// Virtual time per real second; 0 freezes the world (every read gives the same values).
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Write the gateway's `[[modbus.device]]` sections for these devices to this file.
+        #[arg(long)]
+        gateway_config: Option<std::path::PathBuf>,
+        /// The poll interval written into that config.
+        #[arg(long, default_value = "1s")]
+        poll: String,
+    },
+}
+
+fn main() -> std::io::Result<()> {
+    let cli = Cli::parse();
+    // A server and a connection per simulated device: more than the usual soft limit of 1024.
+    if let Ok((_, hard)) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE) {
+        let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard);
+    }
+    match cli.command {
+        Command::Modbus { bins, tanks, weather, listen, speed, seed, gateway_config, poll } => {
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(serve_modbus(bins, tanks, weather, listen, speed, seed, gateway_config, &poll))
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve_modbus(
+    bins: usize,
+    tanks: usize,
+    weather: usize,
+    listen: std::net::IpAddr,
+    speed: f64,
+    seed: u64,
+    config_out: Option<std::path::PathBuf>,
+    poll: &str,
+) -> std::io::Result<()> {
+    let clock = modbus::Clock::new(speed);
+    let kinds = std::iter::repeat_n(Kind::Bin, bins)
+        .chain(std::iter::repeat_n(Kind::Tank, tanks))
+        .chain(std::iter::repeat_n(Kind::Weather, weather));
+    let mut devices = Vec::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, kind) in kinds.enumerate() {
+        let id = format!("{}-{:04}", kind.name(), i + 1);
+        let sensor = Sensor::new(id, kind, seed.wrapping_mul(1_000_003).wrapping_add(i as u64));
+        let device = Arc::new(modbus::Device::new(sensor, Order::ALL[i % Order::ALL.len()]));
+        let listener = tokio::net::TcpListener::bind((listen, 0)).await?;
+        let addr = listener.local_addr()?;
+        tasks.spawn(modbus::serve(listener, device.clone(), clock));
+        devices.push((device, addr));
+    }
+    if let Some(path) = config_out {
+        std::fs::write(path, modbus::gateway_config(&devices, poll))?;
+    }
+    let t = clock.now();
+    let list: Vec<serde_json::Value> = devices
+        .iter()
+        .map(|(d, addr)| {
+            let values: serde_json::Map<String, serde_json::Value> = d
+                .sensor
+                .kind
+                .metrics()
+                .iter()
+                .zip(d.sensor.values(t))
+                .map(|(m, v)| ((*m).to_owned(), serde_json::json!(v)))
+                .collect();
+            serde_json::json!({"id": d.sensor.id, "addr": addr.to_string(), "order": d.order.as_str(), "values": values})
+        })
+        .collect();
+    println!("{}", serde_json::json!({"ready": true, "devices": list}));
+    while let Some(done) = tasks.join_next().await {
+        done.map_err(std::io::Error::other)??;
+    }
+    Ok(())
 }

@@ -82,31 +82,34 @@ impl LiveState {
         }
         let mut inner = self.inner.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         inner.dirty = true;
-        for r in readings {
-            let device = inner.devices.entry(r.device.clone()).or_insert_with(|| {
-                new.push((r.device.clone(), r.source));
+        // A batch is usually one device's (a poll, a message): look each device up once per
+        // run of its readings.
+        for run in readings.chunk_by(|a, b| a.device == b.device) {
+            let first = &run[0];
+            let device = inner.devices.entry(first.device.clone()).or_insert_with(|| {
+                new.push((first.device.clone(), first.source));
                 Device {
-                    source: r.source,
+                    source: first.source,
                     first_seen: received,
                     last_seen: received,
                     readings: 0,
                     latest: BTreeMap::new(),
                 }
             });
-            device.source = r.source;
+            device.source = first.source;
             device.last_seen = device.last_seen.max(received);
-            device.readings += 1;
-            let latest = Latest { ts: r.ts, value: r.value, quality: r.quality };
-            device
-                .latest
-                .entry(r.metric.clone())
-                .and_modify(|l| {
+            device.readings += run.len() as u64;
+            for r in run {
+                let latest = Latest { ts: r.ts, value: r.value, quality: r.quality };
+                match device.latest.get_mut(&r.metric) {
                     // A late or redelivered reading does not replace a newer one.
-                    if r.ts >= l.ts {
-                        *l = latest;
+                    Some(l) if r.ts >= l.ts => *l = latest,
+                    Some(_) => {}
+                    None => {
+                        device.latest.insert(r.metric.clone(), latest);
                     }
-                })
-                .or_insert(latest);
+                }
+            }
         }
         new
     }

@@ -283,6 +283,12 @@ fn explain(message: &str, path: &[Seg]) -> (String, String) {
 /// Deserialize `text`, collecting every structural problem (syntax, unknown keys, wrong types,
 /// bad values). Returns the value if, after erasing the entries in error, it deserializes.
 pub(crate) fn deserialize_all<T: DeserializeOwned>(src: &str) -> (Option<T>, Vec<Problem>, Option<DocIndex>) {
+    // The common case, a valid file, needs no index: build it only to explain problems. (For
+    // a site with a thousand Modbus devices the index and the editable document cost more
+    // memory than the whole gateway needs to run.)
+    if let Ok(value) = toml::from_str::<T>(src) {
+        return (Some(value), Vec::new(), None);
+    }
     let doc = match Document::parse(src.to_owned()) {
         Ok(doc) => doc,
         Err(e) => {
@@ -351,6 +357,12 @@ pub(crate) fn deserialize_all<T: DeserializeOwned>(src: &str) -> (Option<T>, Vec
         }
     }
     (None, problems, Some(index))
+}
+
+/// The index of `src`, to locate problems found after deserialization succeeded; `None` if
+/// the text does not parse (it did, to get that far).
+pub(crate) fn index(src: &str) -> Option<DocIndex> {
+    Document::parse(src.to_owned()).ok().map(|doc| DocIndex::build(&doc))
 }
 
 /// Read a config file's text, with a problem (not a panic) when it cannot be read.

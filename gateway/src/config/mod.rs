@@ -108,10 +108,13 @@ impl Config {
         file: &Path,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigErrors> {
-        let (raw, mut problems, index) = diagnostics::deserialize_all::<raw::RawConfig>(src);
+        let (raw, mut problems, mut index) = diagnostics::deserialize_all::<raw::RawConfig>(src);
         let base = file.parent().unwrap_or(Path::new(""));
         let mut v = Validator { problems: Vec::new() };
         let config = raw.map(|raw| v.config(raw, base, env));
+        if !v.problems.is_empty() && index.is_none() {
+            index = diagnostics::index(src);
+        }
         problems.extend(
             v.problems
                 .into_iter()

@@ -218,6 +218,9 @@ pub async fn run(
     let mut link = Link::new(settings.transport.clone());
     let mut reconnect = Backoff::new(settings.reconnect_min, settings.reconnect_max);
     let mut reconnect_at = now;
+    // Whether the connection is known to be down (so its return is worth a log line; the
+    // routine reopening after a timeout is not).
+    let mut announced = false;
     loop {
         let next = devices.iter().enumerate().min_by_key(|(_, d)| d.due).map(|(i, d)| (i, d.due));
         let Some((i, due)) = next else {
@@ -238,10 +241,14 @@ pub async fn run(
                     match link.connect(devices[i].s.timeout).await {
                         Ok(()) => {
                             reconnect.reset();
-                            tracing::info!(bus = %name, "modbus connected");
+                            if !announced {
+                                tracing::info!(bus = %name, "modbus connected");
+                                announced = true;
+                            }
                         }
                         Err(e) => {
                             metrics.modbus_reconnects.inc();
+                            announced = false;
                             let delay = reconnect.next_delay();
                             reconnect_at = Instant::now() + delay;
                             let why = format!("cannot connect to {name}: {e}");
@@ -255,7 +262,13 @@ pub async fn run(
                         }
                     }
                 }
-                poll_device(&mut link, &mut devices[i], &sink, &metrics, &health, &name).await?;
+                if let Err(e) = poll_device(&mut link, &mut devices[i], &sink, &metrics, &health, &name).await {
+                    // The pipeline closes its input once the gateway stops: not a failure then.
+                    if shutdown.is_cancelled() {
+                        break;
+                    }
+                    return Err(e);
+                }
             }
         }
     }

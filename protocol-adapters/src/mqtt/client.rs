@@ -351,6 +351,8 @@ pub async fn run(
             Some(done) = pending.next() => match done {
                 // An error means the event loop is gone; the poller reports why.
                 Ok(publish) => { client.ack(&publish).await; }
+                // The pipeline closes its input once the gateway stops: not a failure then.
+                Err(_) if shutdown.is_cancelled() => break Ok(()),
                 Err(e) => break Err(MqttError::Store(e)),
             },
             Some(Request { topic, payload, done }) = commands.recv() => {
@@ -369,7 +371,9 @@ pub async fn run(
                     match decode(&settings.mappings, p.topic(), p.payload(), received) {
                         Ok(readings) => match sink.submit(readings, received).await {
                             Ok(ack) => pending.push_back(Pending::Store(ack, Some(p))),
-                            Err(e) => break Err(MqttError::Store(e)),
+                            // The pipeline closes its input once the gateway stops: not a failure then.
+                Err(_) if shutdown.is_cancelled() => break Ok(()),
+                Err(e) => break Err(MqttError::Store(e)),
                         },
                         Err(rejection) => {
                             metrics.rejected("mqtt", rejection.reason(), p.topic(), &rejection);

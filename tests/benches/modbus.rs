@@ -1,13 +1,19 @@
-//! Modbus polling cost: 1,000 simulated devices (field-sim, one Modbus TCP server each on
-//! loopback) of 20 registers, read as 20 points each, every second: points/s reached, and the
-//! gateway's CPU (share of one core) and peak memory while it keeps that rate.
+//! Modbus polling cost, two ways:
+//! 1. 1,000 simulated devices (field-sim, one Modbus TCP server each on loopback) of 20
+//!    registers, read as 20 points each, every second: points/s reached, and the gateway's
+//!    CPU (share of one core) and memory while it keeps that rate;
+//! 2. one RTU line at 9,600 baud (a pseudo-terminal pair behind a relay that holds every byte
+//!    for its time on the wire, so the line is as slow as a real one) with a pymodbus unit of
+//!    125 registers polled back to back: registers/s against what the baud rate allows.
 //!
 //! Run: `cargo build --release --bins && cargo bench -p fieldgate-tests --bench modbus`
-//! (`FG_BENCH_DEVICES` and `FG_BENCH_SECONDS` change the fleet size and the measured span).
+//! (`FG_BENCH_DEVICES`, `FG_BENCH_SECONDS`, `FG_BENCH_BAUD` change the fleet, the measured
+//! span and the line speed).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)] // a benchmark binary
 
-use fieldgate_tests::{GatewayProcess, bin, metric, wait_metric, write_config};
-use std::io::BufRead;
+use fieldgate_tests::{GatewayProcess, ModbusServer, SerialPair, bin, metric, wait_metric, write_config};
+use std::io::{BufRead, Read, Write};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const POINTS: usize = 20;
@@ -37,6 +43,11 @@ fn rss_mib(pid: u32, which: &str) -> f64 {
 }
 
 fn main() {
+    tcp_fleet();
+    rtu_line();
+}
+
+fn tcp_fleet() {
     let devices = env("FG_BENCH_DEVICES", 1000);
     let seconds = env("FG_BENCH_SECONDS", 20);
     let dir = tempfile::tempdir().unwrap();
@@ -91,4 +102,81 @@ fn main() {
     println!("field-sim CPU (context):  {:>9.1} % of one core", 100.0 * (s1 - s0) / secs);
     let _ = sim.kill();
     let _ = sim.wait();
+}
+
+/// Copy bytes from `from` to `to`, each chunk released once the line (shared by both
+/// directions, as RS-485 is) has had the time to carry it: 11 bits a byte (start, 8 data,
+/// parity or stop, stop).
+fn relay(mut from: std::fs::File, mut to: std::fs::File, baud: u32, wire: Arc<Mutex<Instant>>) {
+    let mut buf = [0u8; 512];
+    loop {
+        let Ok(n) = from.read(&mut buf) else { return };
+        if n == 0 {
+            return;
+        }
+        let on_wire = Duration::from_secs_f64(n as f64 * 11.0 / f64::from(baud));
+        let done = {
+            let mut free = wire.lock().unwrap();
+            *free = (*free).max(Instant::now()) + on_wire;
+            *free
+        };
+        std::thread::sleep(done.saturating_duration_since(Instant::now()));
+        if to.write_all(&buf[..n]).is_err() {
+            return;
+        }
+    }
+}
+
+fn rtu_line() {
+    const REGISTERS: usize = 125;
+    let baud = env("FG_BENCH_BAUD", 9600) as u32;
+    let seconds = env("FG_BENCH_SECONDS", 20);
+    let dir = tempfile::tempdir().unwrap();
+    let (gw_side, dev_side) = (dir.path().join("gw"), dir.path().join("dev"));
+    std::fs::create_dir_all(&gw_side).unwrap();
+    std::fs::create_dir_all(&dev_side).unwrap();
+    // gateway <-> relay <-> device: two pty pairs and the relay between them.
+    let a = SerialPair::open(&gw_side);
+    let b = SerialPair::open(&dev_side);
+    let open = |p: &std::path::Path| std::fs::OpenOptions::new().read(true).write(true).open(p).unwrap();
+    let wire = Arc::new(Mutex::new(Instant::now()));
+    for (from, to) in [(&a.device, &b.gateway), (&b.gateway, &a.device)] {
+        let (from, to, wire) = (open(from), open(to), wire.clone());
+        std::thread::spawn(move || relay(from, to, baud, wire));
+    }
+    let points: Vec<serde_json::Value> = (0..REGISTERS)
+        .map(|r| serde_json::json!({"table": "holding_register", "address": r, "type": "u16", "raw": r}))
+        .collect();
+    let server =
+        ModbusServer::serial(dir.path(), &b.device, baud, &serde_json::json!({"units": {"1": points}}));
+    let mut config = format!(
+        "\n[[modbus.device]]\nid = \"line-1\"\nserial = \"{}\"\nbaud = {baud}\nparity = \"none\"\npoll = \"10ms\"\ntimeout = \"2s\"\n",
+        a.gateway.display()
+    );
+    for r in 0..REGISTERS {
+        config.push_str(&format!(
+            "\n[[modbus.device.point]]\nmetric = \"r{r:03}\"\ntable = \"holding_register\"\naddress = {r}\n"
+        ));
+    }
+    let path = write_config(dir.path(), &config);
+    let mut gw = GatewayProcess::spawn(&["run", "--config", path.to_str().unwrap()]);
+    let addr = gw.wait_started();
+    wait_metric(addr, "fieldgate_modbus_points_total", (3 * REGISTERS) as f64);
+    let points = || metric(addr, "fieldgate_modbus_points_total").unwrap();
+    let (p0, t0) = (points(), Instant::now());
+    std::thread::sleep(Duration::from_secs(seconds as u64));
+    let (p1, secs) = (points(), t0.elapsed().as_secs_f64());
+    // A read of N registers: request 8 bytes, answer 5 + 2N, and 3.5 characters of silence
+    // after each frame.
+    let chars = 8.0 + 5.0 + 2.0 * REGISTERS as f64 + 7.0;
+    let allowed = REGISTERS as f64 / (chars * 11.0 / f64::from(baud));
+    let got = (p1 - p0) / secs;
+    println!();
+    println!("RTU line at {baud} baud, one unit, {REGISTERS}-register reads back to back, over {secs:.1} s");
+    println!(
+        "registers/s:              {got:>9.0} of {allowed:.0} the line allows ({:.0} %)",
+        100.0 * got / allowed
+    );
+    drop(gw);
+    drop(server);
 }

@@ -473,11 +473,9 @@ async fn poll_device(
     }
     d.breaker.reset();
     health.send_if_modified(|h| h.insert(d.s.device.clone(), DeviceHealth::Ok) != Some(DeviceHealth::Ok));
-    // Keep the phase; after a stall, start again from now rather than catching up in a burst.
-    d.due = started + d.s.poll;
-    if d.due < now {
-        d.due = now + d.s.poll;
-    }
+    // Keep the phase. A poll that took longer than the interval (a slow line) is followed by
+    // the next one at once, without a burst to catch up the missed ones.
+    d.due = (started + d.s.poll).max(now);
     Ok(())
 }
 

@@ -469,3 +469,19 @@ fn field_sim_sensors_in_four_byte_orders_reach_the_rollups_exactly_and_take_setp
         }
     }
 }
+
+#[test]
+fn a_serial_server_reached_over_tcp_speaks_rtu_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = json!({"units": {"3": [{"table": "input_register", "address": 7, "type": "i32", "order": "CDAB", "raw": -70000}]}});
+    let server = ModbusServer::rtu_over_tcp(dir.path(), &spec);
+    let device = format!(
+        "\n[[modbus.device]]\nid = \"meter-3\"\nrtu_over_tcp = \"127.0.0.1:{}\"\nunit = 3\npoll = \"100ms\"\n\n[[modbus.device.point]]\nmetric = \"flow\"\naddress = 30008\ntype = \"i32\"\norder = \"CDAB\"\n",
+        server.port
+    );
+    let mut gw = GatewayProcess::spawn(&["run", "--config", config(dir.path(), &device).to_str().unwrap()]);
+    let addr = gw.wait_started();
+    wait_latest(addr, "meter-3", "flow", -70000.0);
+    gw.signal(Signal::SIGTERM);
+    assert_eq!(gw.wait_exit().code(), Some(0), "{}", gw.log());
+}

@@ -1,7 +1,7 @@
 """A Modbus server for fieldgate's tests, built on pymodbus: an implementation independent of
 the gateway's, over TCP or a serial line (RTU).
 
-Usage: modbus_server.py (--tcp PORT | --serial PATH --baud N) SPEC.json
+Usage: modbus_server.py (--tcp PORT | --rtu-over-tcp PORT | --serial PATH --baud N) SPEC.json
 
 SPEC.json: {"units": {"1": [point, ...], ...}, "silent": [unit, ...]}
 A point is {"table": "holding_register"|"input_register"|"coil"|"discrete_input",
@@ -104,14 +104,15 @@ async def main():
     args = sys.argv[1:]
     spec = json.load(open(args[-1]))
     global TCP
-    TCP = args[0] == "--tcp"
+    TCP = args[0] == "--tcp"  # MBAP framing; RTU frames otherwise (serial, or over TCP)
     devices = {int(u): unit_context(points) for u, points in spec["units"].items()}
     SILENT.update(int(u) for u in spec.get("silent", []))
     SILENT.update(u for u in range(256) if u not in devices)
     context = ModbusServerContext(devices=devices, single=False)
-    if args[0] == "--tcp":
-        server = ModbusTcpServer(context, address=("127.0.0.1", int(args[1])), trace_pdu=trace,
-                                 trace_packet=quiet)
+    if args[0] in ("--tcp", "--rtu-over-tcp"):
+        framer = FramerType.SOCKET if TCP else FramerType.RTU
+        server = ModbusTcpServer(context, framer=framer, address=("127.0.0.1", int(args[1])),
+                                 trace_pdu=trace, trace_packet=quiet)
     else:
         server = ModbusSerialServer(context, framer=FramerType.RTU, port=args[1], baudrate=int(args[3]),
                                     trace_pdu=trace, trace_packet=quiet)

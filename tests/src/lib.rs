@@ -617,6 +617,15 @@ impl ModbusServer {
         Self::spawn(args, port)
     }
 
+    /// Serve `spec` as RTU frames over TCP (as a serial server passes them) on a free port.
+    pub fn rtu_over_tcp(dir: &Path, spec: &serde_json::Value) -> Self {
+        let port = free_port();
+        let spec_path = dir.join(format!("modbus-{port}.json"));
+        std::fs::write(&spec_path, spec.to_string()).unwrap();
+        let args = vec!["--rtu-over-tcp".to_owned(), port.to_string(), spec_path.display().to_string()];
+        Self::spawn(args, port)
+    }
+
     /// Serve `spec` as RTU on the serial device `path` at `baud`.
     pub fn serial(dir: &Path, path: &Path, baud: u32, spec: &serde_json::Value) -> Self {
         let spec_path = dir.join("modbus-serial.json");

@@ -378,13 +378,21 @@ def on_publish(client, userdata, mid, reason_code, properties):
     with done:
         acked += 1
         done.notify_all()
+connected = threading.Event()
+def on_connect(client, userdata, flags, reason_code, properties):
+    connected.set()
 c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
 c.on_publish = on_publish
+c.on_connect = on_connect
 c.max_inflight_messages_set(100)
 c.max_queued_messages_set(0)
 c.reconnect_delay_set(min_delay=0.05, max_delay=0.5)
-c.connect("127.0.0.1", port)
+# paho can leave a message queued when it is published while the CONNACK is being handled,
+# until its next keep-alive round (60 s by default): wait for the CONNACK, and keep the
+# keep-alive short so a message queued across a reconnect goes out soon.
+c.connect("127.0.0.1", port, keepalive=5)
 c.loop_start()
+assert connected.wait(60), "no CONNACK from the broker"
 n = 0
 for line in sys.stdin:
     topic, payload = line.rstrip("\n").split("\t", 1)

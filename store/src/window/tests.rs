@@ -270,3 +270,15 @@ fn a_changed_window_config_keeps_the_common_sizes() {
     assert_eq!(open.len(), 1);
     assert_eq!((open[0].window_ns, open[0].count), (60 * S, 2));
 }
+
+#[test]
+fn modbus_readings_are_not_remembered_for_duplicate_detection() {
+    let mut w = Windows::new(&settings());
+    let mut modbus = r("pump-1", "rpm", 1.0, 5.0);
+    modbus.source = Source::Modbus;
+    let out = w.apply(at(2), &[modbus.clone(), modbus]);
+    assert_eq!((out.aggregated, out.duplicate), (2, 0), "a poll's readings are never redeliveries");
+    let mqtt = r("cart-1", "fill", 1.0, 5.0);
+    let out = w.apply(at(2), &[mqtt.clone(), mqtt]);
+    assert_eq!((out.aggregated, out.duplicate), (1, 1));
+}

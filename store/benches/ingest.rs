@@ -105,7 +105,8 @@ async fn main() {
                     // A slow wave plus a per-series offset: realistic, not constant.
                     value: 20.0 + mi as f64 + ((s as f64) / 600.0).sin() * 5.0,
                     quality: Quality::Good,
-                    source: Source::Modbus,
+                    // MQTT: its readings go through duplicate detection, the costlier path.
+                    source: Source::Mqtt,
                 });
             }
         }

@@ -274,7 +274,13 @@ impl Windows {
                 aggregated = true;
                 match per.open.binary_search_by_key(&start, |a| a.start) {
                     Ok(j) => per.open[j].add(ts, r.value),
-                    Err(j) => per.open.insert(j, Agg::new(start, ts, r.value)),
+                    Err(j) => {
+                        // Grow one window at a time: a series has one to a few open windows
+                        // per size, and the default growth to four would triple that memory
+                        // across thousands of series.
+                        per.open.reserve_exact(1);
+                        per.open.insert(j, Agg::new(start, ts, r.value));
+                    }
                 }
             }
             out.aggregated += u64::from(aggregated);

@@ -308,11 +308,11 @@ async fn report_modbus(
             } else if failing.is_empty() {
                 (Status::Up, format!("{} devices answering", all.len()))
             } else if failing.len() == all.len() {
-                (Status::Down, format!("no device answers: {}", failing.join("; ")))
+                (Status::Down, format!("no device answers: {}", first_few(&failing)))
             } else {
                 (
                     Status::Degraded,
-                    format!("{} of {} devices backed off: {}", failing.len(), all.len(), failing.join("; ")),
+                    format!("{} of {} devices backed off: {}", failing.len(), all.len(), first_few(&failing)),
                 )
             }
         };
@@ -322,6 +322,17 @@ async fn report_modbus(
             changed = devices.changed() => if changed.is_err() { return Ok(()) },
         }
     }
+}
+
+/// The first few items, and how many more: a site with hundreds of devices behind a dead
+/// switch should not get a health report of hundreds of lines.
+fn first_few(items: &[String]) -> String {
+    const SHOWN: usize = 5;
+    let mut text = items.iter().take(SHOWN).cloned().collect::<Vec<_>>().join("; ");
+    if items.len() > SHOWN {
+        text.push_str(&format!("; and {} more (see the log)", items.len() - SHOWN));
+    }
+    text
 }
 
 /// Report an adapter's link state as its health until shutdown.

@@ -189,15 +189,16 @@ pub async fn run(
 ) -> Result<(), String> {
     let name = settings.transport.describe();
     let now = Instant::now();
+    let breaker_max = settings.breaker_max;
     let mut devices: Vec<Device> = settings
         .devices
-        .iter()
+        .into_iter()
         .map(|d| Device {
             reads: plan(&d.points, d.max_gap),
             due: now,
-            breaker: Backoff::new(d.poll.max(Duration::from_millis(100)), settings.breaker_max),
+            breaker: Backoff::new(d.poll.max(Duration::from_millis(100)), breaker_max),
             backed_off: false,
-            s: d.clone(),
+            s: d,
         })
         .collect();
     for d in &devices {

@@ -179,14 +179,7 @@ fn check_config(file: &std::path::Path) -> ExitCode {
 }
 
 fn run(config_path: PathBuf) -> anyhow::Result<ExitCode> {
-    // Parsed on a thread of its own: the parser's scratch memory (tens of MB for a site with a
-    // thousand Modbus devices) then lives in that thread's malloc arena, which is handed back
-    // to the system once freed, instead of staying in the main heap for the gateway's life.
-    let path = config_path.clone();
-    let loaded = std::thread::spawn(move || Config::load(&path))
-        .join()
-        .map_err(|_| anyhow::anyhow!("reading the config panicked"))?;
-    let config = match loaded {
+    let config = match Config::load(&config_path) {
         Ok(c) => c,
         Err(errors) => {
             eprintln!("error: {errors}");

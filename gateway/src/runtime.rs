@@ -8,7 +8,7 @@
 //! then names whatever is still pending.
 
 use crate::commands::Dispatcher;
-use crate::config::{Config, MqttBroker};
+use crate::config::{Config, MqttBroker, MqttConfig};
 use crate::health::{Health, Status};
 use crate::live::LiveState;
 use crate::metrics::GatewayMetrics;
@@ -152,41 +152,39 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     );
     running.spawn("store", watch_store(store, health.clone(), shutdown.clone()));
     let mut mqtt_commands = None;
-    let mqtt = config.mqtt.clone();
-    match mqtt.as_ref().map(|m| m.broker.clone()) {
-        Some(MqttBroker::External(settings)) => {
-            let m = mqtt.as_ref().expect("mqtt is on");
-            let (commands, requests) = MqttCommands::external(m.command_topic.clone(), m.command_timeout);
-            mqtt_commands = Some(commands);
-            let (state, link) = tokio::sync::watch::channel(LinkState::Connecting("starting".into()));
-            running.spawn("mqtt-health", report_link("mqtt", link, health.clone(), shutdown.clone()));
-            let (sink, metrics, stop) = (running.sink(), adapter_metrics.clone(), shutdown.clone());
-            running.spawn("mqtt", async move {
-                fieldgate_adapters::mqtt::run(settings, sink, requests, metrics, state, stop)
-                    .await
-                    .map_err(|e| e.to_string())
-            });
-        }
-        Some(MqttBroker::Embedded { listen, broker }) => {
-            let bind_error = |source| RunError::Bind {
-                what: "the embedded MQTT broker (another broker on this port? set [mqtt.embedded] listen, \
+    if let Some(MqttConfig { broker, command_topic, command_timeout }) = config.mqtt.clone() {
+        match broker {
+            MqttBroker::External(settings) => {
+                let (commands, requests) = MqttCommands::external(command_topic, command_timeout);
+                mqtt_commands = Some(commands);
+                let (state, link) = tokio::sync::watch::channel(LinkState::Connecting("starting".into()));
+                running.spawn("mqtt-health", report_link("mqtt", link, health.clone(), shutdown.clone()));
+                let (sink, metrics, stop) = (running.sink(), adapter_metrics.clone(), shutdown.clone());
+                running.spawn("mqtt", async move {
+                    fieldgate_adapters::mqtt::run(settings, sink, requests, metrics, state, stop)
+                        .await
+                        .map_err(|e| e.to_string())
+                });
+            }
+            MqttBroker::Embedded { listen, broker } => {
+                let bind_error = |source| RunError::Bind {
+                    what: "the embedded MQTT broker (another broker on this port? set [mqtt.embedded] listen, \
                        or [mqtt.external] to use it)",
-                addr: listen,
-                source,
-            };
-            let listener = tokio::net::TcpListener::bind(listen).await.map_err(bind_error)?;
-            let addr = listener.local_addr().map_err(bind_error)?;
-            let broker = Broker::new(broker, running.sink(), adapter_metrics.clone());
-            let m = mqtt.as_ref().expect("mqtt is on");
-            mqtt_commands =
-                Some(MqttCommands::embedded(broker.clone(), m.command_topic.clone(), m.command_timeout));
-            let stop = shutdown.clone();
-            running
-                .spawn("mqtt", async move { broker.serve(listener, stop).await.map_err(|e| e.to_string()) });
-            health.set("mqtt", Status::Up, format!("embedded broker listening on {addr}"));
-            tracing::info!(%addr, "mqtt broker listening");
+                    addr: listen,
+                    source,
+                };
+                let listener = tokio::net::TcpListener::bind(listen).await.map_err(bind_error)?;
+                let addr = listener.local_addr().map_err(bind_error)?;
+                let broker = Broker::new(broker, running.sink(), adapter_metrics.clone());
+                mqtt_commands = Some(MqttCommands::embedded(broker.clone(), command_topic, command_timeout));
+                let stop = shutdown.clone();
+                running.spawn("mqtt", async move {
+                    broker.serve(listener, stop).await.map_err(|e| e.to_string())
+                });
+                health.set("mqtt", Status::Up, format!("embedded broker listening on {addr}"));
+                tracing::info!(%addr, "mqtt broker listening");
+            }
         }
-        None => {}
     }
     let mut modbus_writes = HashMap::new();
     if !config.modbus.is_empty() {

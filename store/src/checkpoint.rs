@@ -8,7 +8,7 @@
 
 use crate::layout;
 use crate::wal::sync_dir;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 const MAGIC: u32 = 0x4B43_4746; // "FGCK"
@@ -44,20 +44,13 @@ fn checksum(seq: u64, state: &[u8]) -> u32 {
 /// Write the checkpoint for `seq`, then remove all but the newest [`KEEP`]. Returns the
 /// sequence number up to which the WAL may now be deleted (the oldest checkpoint kept).
 pub(crate) fn write(state_dir: &Path, seq: u64, state: &[u8]) -> io::Result<u64> {
-    std::fs::create_dir_all(state_dir)?;
     let target = path(state_dir, seq);
-    let tmp = target.with_extension("ckpt.tmp");
-    let mut f = std::fs::File::create(&tmp)?;
+    let name = target.file_name().and_then(|n| n.to_str()).expect("checkpoint names are ASCII");
     let mut header = Vec::with_capacity(16);
     header.extend_from_slice(&MAGIC.to_le_bytes());
     header.extend_from_slice(&checksum(seq, state).to_le_bytes());
     header.extend_from_slice(&seq.to_le_bytes());
-    f.write_all(&header)?;
-    f.write_all(state)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, &target)?;
-    sync_dir(state_dir)?;
+    crate::state::write_atomic(state_dir, name, &[&header, state])?;
     let all = list(state_dir);
     let excess = all.len().saturating_sub(KEEP);
     for (_, old) in &all[..excess] {

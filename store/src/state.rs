@@ -12,19 +12,24 @@ pub fn path(data_dir: &Path, name: &str) -> PathBuf {
     data_dir.join(layout::STATE).join(name)
 }
 
-/// Replace the state file `name` with `bytes`: write a temporary file, fsync it, rename it over
-/// the old one and fsync the directory.
+/// Replace the state file `name` with `bytes` (see [`write_atomic`]).
 pub fn replace(data_dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
-    let target = path(data_dir, name);
-    let dir = data_dir.join(layout::STATE);
-    std::fs::create_dir_all(&dir)?;
+    write_atomic(&data_dir.join(layout::STATE), name, &[bytes])
+}
+
+/// Write `parts` as the file `dir/name` crash-safely: a temporary `name.tmp` written and
+/// fsync'd, renamed over the old file, and the directory fsync'd.
+pub(crate) fn write_atomic(dir: &Path, name: &str, parts: &[&[u8]]) -> io::Result<()> {
+    std::fs::create_dir_all(dir)?;
     let tmp = dir.join(format!("{name}.tmp"));
     let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(bytes)?;
+    for part in parts {
+        file.write_all(part)?;
+    }
     file.sync_all()?;
     drop(file);
-    std::fs::rename(&tmp, &target)?;
-    sync_dir(&dir)
+    std::fs::rename(&tmp, dir.join(name))?;
+    sync_dir(dir)
 }
 
 /// The content of the state file `name`, or `None` if it was never written.

@@ -172,10 +172,21 @@ struct Device {
     backed_off: bool,
 }
 
-/// Values of one request, by the table kind.
+/// One request of a bus.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Op<'a> {
+    Read(&'a Read),
+    /// FC5.
+    WriteCoil(u16, bool),
+    /// FC6 for one register, FC16 for more.
+    WriteRegisters(u16, &'a [u16]),
+}
+
+/// What a request gave: values by the table kind, or a confirmed write.
 pub(crate) enum Data {
     Bits(Vec<bool>),
     Words(Vec<u16>),
+    Written,
 }
 
 /// Poll the bus's devices until `shutdown`, and carry out writes from `writes`.
@@ -320,24 +331,36 @@ impl Link {
     }
 
     /// Run one request with `timeout`, keeping the line's silence before it.
-    pub(crate) async fn request(
-        &mut self,
-        unit: u8,
-        read: &Read,
-        timeout: Duration,
-    ) -> Result<Data, Failure> {
+    pub(crate) async fn request(&mut self, unit: u8, op: Op<'_>, timeout: Duration) -> Result<Data, Failure> {
         if let Some(last) = self.last_frame {
             tokio::time::sleep_until(last + self.gap).await;
         }
         let Some(ctx) = self.ctx.as_mut() else { return Err(Failure::Error("not connected".into())) };
         ctx.set_slave(Slave(unit));
-        let (a, n) = (read.address, read.count);
         let outcome = tokio::time::timeout(timeout, async {
-            match read.table {
-                Table::Coil => ctx.read_coils(a, n).await.map(|r| r.map(Data::Bits)),
-                Table::DiscreteInput => ctx.read_discrete_inputs(a, n).await.map(|r| r.map(Data::Bits)),
-                Table::InputRegister => ctx.read_input_registers(a, n).await.map(|r| r.map(Data::Words)),
-                Table::HoldingRegister => ctx.read_holding_registers(a, n).await.map(|r| r.map(Data::Words)),
+            match op {
+                Op::Read(read) => {
+                    let (a, n) = (read.address, read.count);
+                    match read.table {
+                        Table::Coil => ctx.read_coils(a, n).await.map(|r| r.map(Data::Bits)),
+                        Table::DiscreteInput => {
+                            ctx.read_discrete_inputs(a, n).await.map(|r| r.map(Data::Bits))
+                        }
+                        Table::InputRegister => {
+                            ctx.read_input_registers(a, n).await.map(|r| r.map(Data::Words))
+                        }
+                        Table::HoldingRegister => {
+                            ctx.read_holding_registers(a, n).await.map(|r| r.map(Data::Words))
+                        }
+                    }
+                }
+                Op::WriteCoil(a, on) => ctx.write_single_coil(a, on).await.map(|r| r.map(|()| Data::Written)),
+                Op::WriteRegisters(a, [word]) => {
+                    ctx.write_single_register(a, *word).await.map(|r| r.map(|()| Data::Written))
+                }
+                Op::WriteRegisters(a, words) => {
+                    ctx.write_multiple_registers(a, words).await.map(|r| r.map(|()| Data::Written))
+                }
             }
         })
         .await;
@@ -400,7 +423,7 @@ async fn poll_device(
             if link.ctx.is_none() && link.connect(d.s.timeout).await.is_err() {
                 break Err(Failure::Error(format!("cannot connect to {bus}")));
             }
-            match link.request(d.s.unit, read, d.s.timeout).await {
+            match link.request(d.s.unit, Op::Read(read), d.s.timeout).await {
                 Err(Failure::Timeout | Failure::Error(_)) if attempt < d.s.retries => attempt += 1,
                 other => break other,
             }
@@ -418,6 +441,7 @@ async fn poll_device(
                             let at = usize::from(offset);
                             words.get(at..at + usize::from(point.width())).map(|w| point.decode_registers(w))
                         }
+                        Data::Written => None,
                     };
                     readings.push(match value {
                         Some(Ok(v)) => reading(&d.s.device, point, ts, v, Quality::Good),
@@ -518,42 +542,25 @@ async fn write(
             CommandError::Unreachable(format!("cannot connect to {}: {e}", link.transport.describe()))
         })?;
     }
-    if let Some(last) = link.last_frame {
-        tokio::time::sleep_until(last + link.gap).await;
-    }
-    let ctx = link.ctx.as_mut().expect("connected");
-    ctx.set_slave(Slave(d.s.unit));
-    let a = point.address;
-    let outcome = tokio::time::timeout(d.s.timeout, async {
-        match &words {
-            None => ctx.write_single_coil(a, w.value != 0.0).await,
-            Some(words) if words.len() == 1 => ctx.write_single_register(a, words[0]).await,
-            Some(words) => ctx.write_multiple_registers(a, words).await,
-        }
-    })
-    .await;
-    link.last_frame = Some(Instant::now());
-    let result = match outcome {
-        Ok(Ok(Ok(()))) => Ok(format!(
+    let op = match &words {
+        None => Op::WriteCoil(point.address, w.value != 0.0),
+        Some(words) => Op::WriteRegisters(point.address, words),
+    };
+    let result = match link.request(d.s.unit, op, d.s.timeout).await {
+        Ok(_) => Ok(format!(
             "wrote {} to {} {} (unit {}) of {}",
             w.value, point.table, point.address, d.s.unit, w.device
         )),
-        Ok(Ok(Err(code))) => Err(CommandError::Refused(format!(
+        Err(Failure::Exception(code)) => Err(CommandError::Refused(format!(
             "{} answered the write with exception {}",
             w.device,
             exception_name(code)
         ))),
-        Ok(Err(e)) => {
-            link.ctx = None;
-            Err(CommandError::Unreachable(format!("writing to {}: {e}", w.device)))
-        }
-        Err(_) => {
-            link.ctx = None;
-            Err(CommandError::Timeout(format!(
-                "{} did not answer the write within {:?}; it may or may not have taken effect",
-                w.device, d.s.timeout
-            )))
-        }
+        Err(Failure::Error(e)) => Err(CommandError::Unreachable(format!("writing to {}: {e}", w.device))),
+        Err(Failure::Timeout) => Err(CommandError::Timeout(format!(
+            "{} did not answer the write within {:?}; it may or may not have taken effect",
+            w.device, d.s.timeout
+        ))),
     };
     metrics.modbus_write(if result.is_ok() { "ok" } else { "failed" });
     result

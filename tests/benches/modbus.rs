@@ -7,11 +7,14 @@
 //!    125 registers polled back to back: registers/s against what the baud rate allows.
 //!
 //! Run: `cargo build --release --bins && cargo bench -p fieldgate-tests --bench modbus`
-//! (`FG_BENCH_DEVICES`, `FG_BENCH_SECONDS`, `FG_BENCH_BAUD` change the fleet, the measured
-//! span and the line speed).
+//! (`FG_BENCH_DEVICES`, `FG_BENCH_ROUNDS`, `FG_BENCH_RTU_READS`, `FG_BENCH_BAUD` change the
+//! fleet, how many poll rounds and line reads are measured, and the line speed). Each part
+//! measures the time a fixed amount of work takes, read from the gateway's own counters.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)] // a benchmark binary
 
-use fieldgate_tests::{GatewayProcess, ModbusServer, SerialPair, bin, metric, wait_metric, write_config};
+use fieldgate_tests::{
+    GatewayProcess, ModbusServer, SerialPair, bin, cpu_seconds, metric, rss_mib, wait_metric, write_config,
+};
 use std::io::{BufRead, Read, Write};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,26 +25,6 @@ fn env(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-/// CPU seconds (user + system) a process has used, from /proc.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<f64> = after.split_whitespace().skip(11).take(2).map(|v| v.parse().unwrap()).collect();
-    (f[0] + f[1]) / 100.0
-}
-
-/// Peak (`VmHWM`) or current (`VmRSS`) resident memory, in MiB.
-fn rss_mib(pid: u32, which: &str) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix(which))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    kb / 1024.0
-}
-
 fn main() {
     tcp_fleet();
     rtu_line();
@@ -49,7 +32,7 @@ fn main() {
 
 fn tcp_fleet() {
     let devices = env("FG_BENCH_DEVICES", 1000);
-    let seconds = env("FG_BENCH_SECONDS", 20);
+    let rounds = env("FG_BENCH_ROUNDS", 20);
     let dir = tempfile::tempdir().unwrap();
     let mut sim = std::process::Command::new(bin("field-sim"))
         .args(["modbus", "--bins", &devices.to_string(), "--tanks", "0", "--weather", "0"])
@@ -83,8 +66,7 @@ fn tcp_fleet() {
     let requests = || metric(addr, "fieldgate_modbus_requests_total{outcome=\"ok\"}").unwrap();
     let (p0, r0, c0, s0, t0) =
         (points(), requests(), cpu_seconds(gw.pid()), cpu_seconds(sim.id()), Instant::now());
-    // The measured span (a benchmark's clock, not a test's synchronisation).
-    std::thread::sleep(Duration::from_secs(seconds as u64));
+    wait_metric(addr, "fieldgate_modbus_points_total", p0 + rounds as f64 * per_round);
     let (p1, r1, c1, s1, took) =
         (points(), requests(), cpu_seconds(gw.pid()), cpu_seconds(sim.id()), t0.elapsed());
     let secs = took.as_secs_f64();
@@ -120,6 +102,7 @@ fn relay(mut from: std::fs::File, mut to: std::fs::File, baud: u32, wire: Arc<Mu
             *free = (*free).max(Instant::now()) + on_wire;
             *free
         };
+        // The line model itself: a byte arrives when the wire has carried it.
         std::thread::sleep(done.saturating_duration_since(Instant::now()));
         if to.write_all(&buf[..n]).is_err() {
             return;
@@ -130,7 +113,7 @@ fn relay(mut from: std::fs::File, mut to: std::fs::File, baud: u32, wire: Arc<Mu
 fn rtu_line() {
     const REGISTERS: usize = 125;
     let baud = env("FG_BENCH_BAUD", 9600) as u32;
-    let seconds = env("FG_BENCH_SECONDS", 20);
+    let reads = env("FG_BENCH_RTU_READS", 60);
     let dir = tempfile::tempdir().unwrap();
     let (gw_side, dev_side) = (dir.path().join("gw"), dir.path().join("dev"));
     std::fs::create_dir_all(&gw_side).unwrap();
@@ -163,8 +146,10 @@ fn rtu_line() {
     let addr = gw.wait_started();
     wait_metric(addr, "fieldgate_modbus_points_total", (3 * REGISTERS) as f64);
     let points = || metric(addr, "fieldgate_modbus_points_total").unwrap();
-    let (p0, t0) = (points(), Instant::now());
-    std::thread::sleep(Duration::from_secs(seconds as u64));
+    // Start the clock as a read completes, so the span holds whole reads.
+    let p0 = wait_metric(addr, "fieldgate_modbus_points_total", points() + 1.0);
+    let t0 = Instant::now();
+    wait_metric(addr, "fieldgate_modbus_points_total", p0 + (reads * REGISTERS) as f64);
     let (p1, secs) = (points(), t0.elapsed().as_secs_f64());
     // A read of N registers: request 8 bytes, answer 5 + 2N, and 3.5 characters of silence
     // after each frame.

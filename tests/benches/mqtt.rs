@@ -11,7 +11,7 @@
 //! (`FG_BENCH_MESSAGES` sets the count per run; mosquitto must be installed, as `.ci/run` does).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)] // a benchmark binary
 
-use fieldgate_tests::{GatewayProcess, Mosquitto, wait_metric, write_config};
+use fieldgate_tests::{GatewayProcess, Mosquitto, rss_mib, wait_metric, write_config};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::time::{Duration, Instant};
 
@@ -91,18 +91,6 @@ fn gateway_config(dir: &std::path::Path, mqtt: &str) -> std::path::PathBuf {
     )
 }
 
-/// Peak resident memory of a process, in MiB.
-fn peak_rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    kb / 1024.0
-}
-
 /// Wait until the gateway has received `n` MQTT readings (the tests' metric wait, which polls
 /// `/metrics` with a deadline).
 async fn received(addr: std::net::SocketAddr, n: usize) {
@@ -146,7 +134,7 @@ async fn main() {
     publish(broker.port, per_publisher).await;
     received(addr, total).await;
     let through = rate(total, t0.elapsed());
-    let rss_external = peak_rss_mib(gw.pid());
+    let rss_external = rss_mib(gw.pid(), "VmHWM:");
     println!(
         "mosquitto -> fieldgate -> store:     {through:>9.0} msg/s ({:.0} % of bare), peak RSS {rss_external:.1} MiB",
         100.0 * through / bare
@@ -163,6 +151,6 @@ async fn main() {
     let t0 = Instant::now();
     publish(port, per_publisher).await;
     let embedded = rate(total, t0.elapsed());
-    let rss_embedded = peak_rss_mib(gw.pid());
+    let rss_embedded = rss_mib(gw.pid(), "VmHWM:");
     println!("embedded broker -> store (durable):  {embedded:>9.0} msg/s, peak RSS {rss_embedded:.1} MiB");
 }

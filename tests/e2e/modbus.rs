@@ -8,7 +8,6 @@ use fieldgate_tests::{
     GatewayProcess, ModbusServer, SerialPair, metric, rollup_rows, send_command, wait_health, wait_metric,
     write_config,
 };
-use nix::sys::signal::Signal;
 use serde_json::json;
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -168,8 +167,7 @@ fn every_type_and_order_from_pymodbus_reaches_the_rollups_exactly_in_few_request
     // Some 25 polls: at least two one-second windows closed for every point.
     wait_metric(addr, "fieldgate_modbus_points_total", (points.len() * 25) as f64);
     assert_eq!(metric(addr, "fieldgate_store_readings_total{outcome=\"bad_quality\"}"), Some(0.0));
-    gw.signal(Signal::SIGTERM);
-    assert_eq!(gw.wait_exit().code(), Some(0), "{}", gw.log());
+    gw.stop_cleanly();
 
     let rows = rollup_rows(&dir.path().join("data"), "1s");
     for p in &points {
@@ -311,8 +309,7 @@ fn exceptions_back_off_only_their_device_writes_land_and_a_restarted_server_is_f
     let before = metric(addr, "fieldgate_modbus_requests_total{outcome=\"ok\"}").unwrap();
     wait_metric(addr, "fieldgate_modbus_requests_total{outcome=\"ok\"}", before + 5.0);
     wait_health(addr, "modbus", "degraded");
-    gw.signal(Signal::SIGTERM);
-    assert_eq!(gw.wait_exit().code(), Some(0), "{}", gw.log());
+    gw.stop_cleanly();
 }
 
 #[test]
@@ -375,8 +372,7 @@ address = 0
         "{health}"
     );
     wait_latest(addr, "bin-1", "level", 5.0);
-    gw.signal(Signal::SIGTERM);
-    assert_eq!(gw.wait_exit().code(), Some(0), "{}", gw.log());
+    gw.stop_cleanly();
 }
 
 #[test]
@@ -443,8 +439,7 @@ fn field_sim_sensors_in_four_byte_orders_reach_the_rollups_exactly_and_take_setp
     let sent = send_command(grpc, None, set("sp-1", "tank-0003", "setpoint", 21.5)).unwrap();
     assert_eq!(sent.status(), v1::DeliveryStatus::Delivered, "{sent:?}");
     wait_latest(addr, "tank-0003", "setpoint", 21.5);
-    gw.signal(Signal::SIGTERM);
-    assert_eq!(gw.wait_exit().code(), Some(0), "{}", gw.log());
+    gw.stop_cleanly();
     let _ = sim.kill();
     let _ = sim.wait();
 
@@ -482,6 +477,5 @@ fn a_serial_server_reached_over_tcp_speaks_rtu_frames() {
     let mut gw = GatewayProcess::spawn(&["run", "--config", config(dir.path(), &device).to_str().unwrap()]);
     let addr = gw.wait_started();
     wait_latest(addr, "meter-3", "flow", -70000.0);
-    gw.signal(Signal::SIGTERM);
-    assert_eq!(gw.wait_exit().code(), Some(0), "{}", gw.log());
+    gw.stop_cleanly();
 }

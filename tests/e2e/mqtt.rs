@@ -104,8 +104,7 @@ fn exactly_n(mut gw: GatewayProcess, port: u16, data: &Path) {
     publish(port, 0..N);
     publish_closers(port);
     wait_metric(addr, RECEIVED, (N + 5) as f64);
-    gw.signal(Signal::SIGTERM);
-    assert_eq!(gw.wait_exit().code(), Some(0), "{}", gw.log());
+    gw.stop_cleanly();
     assert_rollups_hold(data, N);
 }
 
@@ -153,8 +152,7 @@ fn bad_input_is_counted(mut gw: GatewayProcess, port: u16, extra: &[(&str, Strin
     }
     let (status, _, health) = fieldgate_tests::http_get(addr, "/healthz");
     assert_eq!(status, 200, "{health}");
-    gw.signal(Signal::SIGTERM);
-    assert_eq!(gw.wait_exit().code(), Some(0), "{}", gw.log());
+    gw.stop_cleanly();
 }
 
 #[test]
@@ -199,8 +197,7 @@ fn the_gateway_resumes_by_itself_after_the_broker_restarts() {
     publish_closers(broker.port);
     wait_metric(addr, RECEIVED, 1005.0);
     assert!(metric(addr, "fieldgate_mqtt_reconnects_total").unwrap() >= 1.0);
-    gw.signal(Signal::SIGTERM);
-    assert_eq!(gw.wait_exit().code(), Some(0), "{}", gw.log());
+    gw.stop_cleanly();
     assert_rollups_hold(&dir.path().join("data"), 1000);
 }
 
@@ -232,8 +229,7 @@ fn stop_and_check(mut gw: GatewayProcess, addr: SocketAddr, data: &Path, n: u64)
     ] {
         eprintln!("{m}: {:?}", metric(addr, m));
     }
-    gw.signal(Signal::SIGTERM);
-    assert_eq!(gw.wait_exit().code(), Some(0), "{}", gw.log());
+    gw.stop_cleanly();
     assert_rollups_hold(data, n);
 }
 
@@ -298,8 +294,7 @@ fn devices_heard_for_the_first_time_are_registered_and_remembered_across_restart
     assert_eq!(dev["latest"]["fill_kg"]["value"], 7.0, "{dev}");
     assert_eq!(dev["latest"]["fill_kg"]["ts"], "2026-01-01T00:00:01.000000000Z", "{dev}");
     assert_eq!(device_entry(addr, "probe-1")["latest"]["moisture"]["value"], 31.5);
-    gw.signal(Signal::SIGTERM);
-    assert_eq!(gw.wait_exit().code(), Some(0), "{}", gw.log());
+    gw.stop_cleanly();
 
     // After a restart the registry is back: same first sight, and a known device heard again
     // is not registered again.
@@ -316,8 +311,7 @@ fn devices_heard_for_the_first_time_are_registered_and_remembered_across_restart
     assert_eq!((&again["first_seen"], &again["readings"]), (&dev["first_seen"], &serde_json::json!(3)));
     assert_ne!(again["last_seen"], dev["last_seen"]);
     assert_eq!(metric(addr, "fieldgate_devices_registered_total{source=\"mqtt\"}"), Some(0.0));
-    gw.signal(Signal::SIGTERM);
-    assert_eq!(gw.wait_exit().code(), Some(0), "{}", gw.log());
+    gw.stop_cleanly();
 }
 
 /// A command setting `target_rpm` of `device` to `value`.
@@ -393,8 +387,7 @@ fn commands_reach_a_device_through_the_embedded_broker_with_a_token() {
         }
     };
     assert!(gone.message().contains("no MQTT client subscribes to `fieldgate/pump-3/command`"), "{gone:?}");
-    gw.signal(Signal::SIGTERM);
-    assert_eq!(gw.wait_exit().code(), Some(0), "{}", gw.log());
+    gw.stop_cleanly();
 }
 
 #[test]
@@ -405,8 +398,7 @@ fn commands_reach_a_device_through_mosquitto() {
     gw.wait_for("mqtt subscribed");
     let (addr, grpc) = (gw.wait_started(), gw.grpc_addr());
     commands_reach_the_device(addr, grpc, broker.port, None);
-    gw.signal(Signal::SIGTERM);
-    assert_eq!(gw.wait_exit().code(), Some(0), "{}", gw.log());
+    gw.stop_cleanly();
 }
 
 /// The gateway's config for an MQTT 5 session at `broker`'s TLS listener, trusting `ca`, with
@@ -456,8 +448,7 @@ fn refused_and_reported(config: &Path, expect: &str) {
     assert_eq!(fieldgate_tests::http_get(addr, "/healthz").0, 503);
     // Still trying, with backoff.
     gw.wait_for("mqtt disconnected; will reconnect with backoff");
-    gw.signal(Signal::SIGTERM);
-    assert_eq!(gw.wait_exit().code(), Some(0), "{}", gw.log());
+    gw.stop_cleanly();
 }
 
 #[test]
@@ -508,6 +499,5 @@ fn a_broker_that_goes_silent_is_dropped_and_dialled_again() {
     eprintln!("dropped because: {}", lost["reason"]);
     accepted.recv_timeout(wait).expect("the gateway dials again");
     assert!(metric(addr, "fieldgate_mqtt_reconnects_total").unwrap() >= 1.0);
-    gw.signal(Signal::SIGTERM);
-    assert_eq!(gw.wait_exit().code(), Some(0), "{}", gw.log());
+    gw.stop_cleanly();
 }

@@ -129,6 +129,13 @@ impl GatewayProcess {
         e["grpc_addr"].as_str().unwrap().parse().unwrap()
     }
 
+    /// SIGTERM, then the process must exit 0 (a clean drain and flush); panics with the log
+    /// otherwise.
+    pub fn stop_cleanly(&mut self) {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        assert_eq!(self.wait_exit().code(), Some(0), "{}", self.log());
+    }
+
     /// Send a signal to the process.
     pub fn signal(&self, signal: nix::sys::signal::Signal) {
         let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap());
@@ -427,6 +434,20 @@ c.loop_stop()
     );
 }
 
+/// The lines a child writes to its stdout, as they come (read on a thread of their own).
+fn lines_of(stdout: std::process::ChildStdout) -> Receiver<String> {
+    let (tx, lines) = channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    lines
+}
+
 /// A device listening for its commands: `mosquitto_sub` subscribed at QoS 1 to a filter,
 /// printing `topic payload` lines. [`Subscriber::start`] returns once the broker confirmed the
 /// subscription (SUBACK), so nothing published afterwards can be missed.
@@ -446,16 +467,7 @@ impl Subscriber {
             .stderr(Stdio::null())
             .spawn()
             .expect("mosquitto_sub is needed by this test (.ci/install-test-deps installs it)");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = lines_of(child.stdout.take().unwrap());
         let mut sub = Subscriber { child, lines };
         sub.next_line(|l| l.contains("received SUBACK"));
         sub
@@ -561,6 +573,26 @@ pub fn wait_health(addr: SocketAddr, component: &str, status: &str) -> serde_jso
     }
 }
 
+/// Resident memory of a process in MiB: `VmRSS:` (now) or `VmHWM:` (peak), from /proc.
+pub fn rss_mib(pid: u32, which: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix(which))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb / 1024.0
+}
+
+/// CPU seconds (user + system) a process has used, from /proc.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<f64> = after.split_whitespace().skip(11).take(2).map(|v| v.parse().unwrap()).collect();
+    (f[0] + f[1]) / 100.0
+}
+
 /// (device, metric, window_start, count, sum) of every rollup row of one window size, read
 /// from the Parquet files under `data_dir`.
 pub fn rollup_rows(data_dir: &Path, window: &str) -> Vec<(String, String, i64, u64, f64)> {
@@ -659,16 +691,7 @@ impl ModbusServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("python3 is needed by this test");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = lines_of(child.stdout.take().unwrap());
         let server = ModbusServer { child, args, lines, seen: Vec::new(), port };
         let ready = server.lines.recv_timeout(EVENT_TIMEOUT);
         assert_eq!(ready.as_deref(), Ok("ready"), "the Modbus server did not start (is pymodbus installed?)");

@@ -214,6 +214,13 @@ table = "holding_register"
 address = 2
 
 [[modbus.device.point]]
+metric = "display"
+table = "holding_register"
+address = 4
+type = "string"
+registers = 2
+
+[[modbus.device.point]]
 metric = "heater"
 table = "coil"
 address = 0
@@ -267,6 +274,7 @@ fn exceptions_back_off_only_their_device_writes_land_and_a_restarted_server_is_f
     let spec = json!({"units": {
         "1": [{"table": "holding_register", "address": 0, "type": "f32", "order": "CDAB", "raw": 20.5},
               {"table": "holding_register", "address": 2, "type": "u16", "raw": 7},
+              {"table": "holding_register", "address": 4, "type": "string", "registers": 2, "raw": "ok"},
               {"table": "coil", "address": 0, "type": "bool", "raw": 0},
               {"table": "input_register", "address": 0, "type": "u16", "raw": 3}],
         "2": [{"table": "holding_register", "address": 0, "type": "u16", "raw": 1}]}});
@@ -284,6 +292,8 @@ fn exceptions_back_off_only_their_device_writes_land_and_a_restarted_server_is_f
     assert!(detail.contains("pump-2: exception illegal_data_address"), "{detail}");
     assert!(!detail.contains("tank-1"), "{detail}");
     wait_latest(addr, "tank-1", "setpoint", 20.5);
+    // A text register that holds no number: recorded as bad, counted, the rest goes on.
+    wait_metric(addr, "fieldgate_inputs_rejected_total{source=\"modbus\",reason=\"undecodable\"}", 1.0);
 
     // Writes go through the same byte order as reads, and read back through the next poll.
     let sent = send_command(grpc, None, set("w-1", "tank-1", "setpoint", -3.75)).unwrap();

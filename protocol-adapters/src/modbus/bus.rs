@@ -446,8 +446,16 @@ async fn poll_device(
                     readings.push(match value {
                         Some(Ok(v)) => reading(&d.s.device, point, ts, v, Quality::Good),
                         // A string that is not a number, or a short answer: the device said
-                        // something, but not a value.
-                        _ => reading(&d.s.device, point, ts, f64::NAN, Quality::Bad),
+                        // something, but not a value. Recorded as bad, counted and logged.
+                        other => {
+                            let why = match other {
+                                Some(Err(e)) => e.to_string(),
+                                _ => format!("the answer is too short for {}", point.metric),
+                            };
+                            let place = format!("{} {}", d.s.device, point.metric);
+                            metrics.rejected("modbus", "undecodable", &place, &why);
+                            reading(&d.s.device, point, ts, f64::NAN, Quality::Bad)
+                        }
                     });
                 }
             }

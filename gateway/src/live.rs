@@ -7,7 +7,7 @@
 //! it changed, at most every [`SAVE_EVERY`], and once more at shutdown. Readers (`/devices`,
 //! the query service, coordination) take short read locks and copy out what they need.
 
-use fieldgate_proto::{DeviceId, Metric, Quality, Reading, Source, Timestamp};
+use fieldgate_proto::{DeviceId, Metric, NameMap, Quality, Reading, Source, Timestamp};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -39,8 +39,9 @@ pub struct Device {
     pub last_seen: Timestamp,
     /// Readings received since it was registered.
     pub readings: u64,
-    /// The reading with the newest timestamp, per metric.
-    pub latest: BTreeMap<Metric, Latest>,
+    /// The reading with the newest timestamp, per metric (unordered: it is looked up for
+    /// every reading; sort when presenting it).
+    pub latest: NameMap<Metric, Latest>,
 }
 
 /// The shared live state (cheap to clone).
@@ -93,7 +94,7 @@ impl LiveState {
                     first_seen: received,
                     last_seen: received,
                     readings: 0,
-                    latest: BTreeMap::new(),
+                    latest: NameMap::default(),
                 }
             });
             device.source = first.source;
@@ -207,22 +208,25 @@ struct SavedLatest {
 
 impl SavedDevice {
     fn from_device(id: &DeviceId, d: &Device) -> Self {
+        let mut latest: Vec<SavedLatest> = d
+            .latest
+            .iter()
+            .map(|(m, l)| SavedLatest {
+                metric: m.clone(),
+                ts_ns: l.ts.as_nanos(),
+                value: l.value,
+                quality: l.quality,
+            })
+            .collect();
+        // Sorted, so that the file reads the same for the same registry.
+        latest.sort_by(|a, b| a.metric.cmp(&b.metric));
         SavedDevice {
             device: id.clone(),
             source: d.source,
             first_seen_ns: d.first_seen.as_nanos(),
             last_seen_ns: d.last_seen.as_nanos(),
             readings: d.readings,
-            latest: d
-                .latest
-                .iter()
-                .map(|(m, l)| SavedLatest {
-                    metric: m.clone(),
-                    ts_ns: l.ts.as_nanos(),
-                    value: l.value,
-                    quality: l.quality,
-                })
-                .collect(),
+            latest,
         }
     }
 

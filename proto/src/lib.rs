@@ -18,7 +18,7 @@ mod time;
 pub mod wire;
 
 pub use command::{Action, Command, CommandError, CommandId, Delivery, Instruction, Sent, Task};
-pub use id::{DeviceId, IdError, MAX_NAME_LEN, Metric};
+pub use id::{DeviceId, IdError, MAX_NAME_LEN, Metric, NameMap};
 pub use ingest::{Ack, Durable, IngestError, ReadingSink, Submission};
 pub use reading::{Quality, Reading, Source};
 pub use time::{TimeError, Timestamp};

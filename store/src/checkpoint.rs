@@ -1,14 +1,18 @@
 //! Checkpoints: the window state at a WAL sequence number, written after the Parquet files of
 //! the same flush are durable.
 //!
-//! File layout: `magic u32 | crc32 u32 | seq u64 | state...`, the CRC covering seq and state,
-//! written to a temporary name, fsync'd and renamed. The two newest checkpoints are kept and the
+//! File layout: `magic u32 | crc32 u32 | seq u64 | state...`, the CRC covering seq and state.
+//! A checkpoint is written in two steps: the writer thread *stages* it, streaming the state
+//! into a temporary file as it encodes it (a site's window state runs to megabytes, and a copy
+//! of it in memory would double that at every flush); the flusher *commits* it once the
+//! Parquet files of the flush are durable: fsync, rename, directory fsync. The two newest checkpoints are kept and the
 //! WAL is deleted only up to the older one, so a damaged newest checkpoint is reported and the
 //! previous one used, losing nothing: the WAL still holds everything after it.
 
 use crate::layout;
 use crate::wal::sync_dir;
-use std::io;
+use std::fs::File;
+use std::io::{self, BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 const MAGIC: u32 = 0x4B43_4746; // "FGCK"
@@ -41,16 +45,52 @@ fn checksum(seq: u64, state: &[u8]) -> u32 {
     h.finalize()
 }
 
-/// Write the checkpoint for `seq`, then remove all but the newest [`KEEP`]. Returns the
-/// sequence number up to which the WAL may now be deleted (the oldest checkpoint kept).
-pub(crate) fn write(state_dir: &Path, seq: u64, state: &[u8]) -> io::Result<u64> {
-    let target = path(state_dir, seq);
-    let name = target.file_name().and_then(|n| n.to_str()).expect("checkpoint names are ASCII");
-    let mut header = Vec::with_capacity(16);
-    header.extend_from_slice(&MAGIC.to_le_bytes());
-    header.extend_from_slice(&checksum(seq, state).to_le_bytes());
-    header.extend_from_slice(&seq.to_le_bytes());
-    crate::state::write_atomic(state_dir, name, &[&header, state])?;
+/// A checkpoint written under its temporary name, not yet durable nor visible to recovery
+/// (which removes such leftovers).
+#[derive(Debug)]
+pub(crate) struct Staged {
+    seq: u64,
+    tmp: PathBuf,
+    file: File,
+}
+
+/// Write the checkpoint for `seq` to a temporary file: `encode` hands the state over in pieces
+/// through the function it is given.
+pub(crate) fn stage(
+    state_dir: &Path,
+    seq: u64,
+    encode: impl FnOnce(&mut dyn FnMut(&[u8]) -> io::Result<()>) -> io::Result<()>,
+) -> io::Result<Staged> {
+    std::fs::create_dir_all(state_dir)?;
+    let tmp = path(state_dir, seq).with_extension("ckpt.tmp");
+    let mut out = BufWriter::with_capacity(64 * 1024, File::create(&tmp)?);
+    out.write_all(&MAGIC.to_le_bytes())?;
+    out.write_all(&0u32.to_le_bytes())?; // the CRC, filled in below
+    out.write_all(&seq.to_le_bytes())?;
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&seq.to_le_bytes());
+    encode(&mut |piece: &[u8]| {
+        crc.update(piece);
+        out.write_all(piece)
+    })?;
+    let mut file = out.into_inner().map_err(io::IntoInnerError::into_error)?;
+    file.seek(SeekFrom::Start(4))?;
+    file.write_all(&crc.finalize().to_le_bytes())?;
+    Ok(Staged { seq, tmp, file })
+}
+
+/// Make a staged checkpoint durable and current, then remove all but the newest [`KEEP`].
+/// Returns the sequence number up to which the WAL may now be deleted (the oldest checkpoint
+/// kept). May be called again after a failure.
+pub(crate) fn commit(state_dir: &Path, staged: &Staged) -> io::Result<u64> {
+    staged.file.sync_all()?;
+    let target = path(state_dir, staged.seq);
+    match std::fs::rename(&staged.tmp, &target) {
+        // A retry after the rename went through and a later step failed.
+        Err(e) if e.kind() == io::ErrorKind::NotFound && target.exists() => {}
+        other => other?,
+    }
+    sync_dir(state_dir)?;
     let all = list(state_dir);
     let excess = all.len().saturating_sub(KEEP);
     for (_, old) in &all[..excess] {
@@ -59,7 +99,14 @@ pub(crate) fn write(state_dir: &Path, seq: u64, state: &[u8]) -> io::Result<u64>
     if excess > 0 {
         sync_dir(state_dir)?;
     }
-    Ok(all[excess..].first().map_or(seq, |(s, _)| *s))
+    Ok(all[excess..].first().map_or(staged.seq, |(s, _)| *s))
+}
+
+/// Write the checkpoint for `seq` in one go (stage and commit).
+#[cfg(test)]
+pub(crate) fn write(state_dir: &Path, seq: u64, state: &[u8]) -> io::Result<u64> {
+    let staged = stage(state_dir, seq, |emit| emit(state))?;
+    commit(state_dir, &staged)
 }
 
 /// A checkpoint read back: its sequence number and the window state.

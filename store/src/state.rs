@@ -19,7 +19,7 @@ pub fn replace(data_dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
 
 /// Write `parts` as the file `dir/name` crash-safely: a temporary `name.tmp` written and
 /// fsync'd, renamed over the old file, and the directory fsync'd.
-pub(crate) fn write_atomic(dir: &Path, name: &str, parts: &[&[u8]]) -> io::Result<()> {
+fn write_atomic(dir: &Path, name: &str, parts: &[&[u8]]) -> io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let tmp = dir.join(format!("{name}.tmp"));
     let mut file = std::fs::File::create(&tmp)?;

@@ -170,6 +170,7 @@ impl Store {
             jobs: jobs_tx,
             done: done_rx,
             checkpoint_seq,
+            stage_failures: 0,
         };
         let flusher = {
             let shared = Arc::clone(&shared);

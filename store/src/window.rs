@@ -29,8 +29,8 @@
 //!   of arrival are not aggregated, and each is counted.
 
 use crate::codec::{Dec, Enc, Malformed};
-use fieldgate_proto::{DeviceId, Metric, Quality, Reading, Source, Timestamp};
-use std::collections::{HashMap, VecDeque};
+use fieldgate_proto::{DeviceId, Metric, NameMap, Quality, Reading, Source, Timestamp};
+use std::collections::VecDeque;
 use std::time::Duration;
 
 /// One closed (or, for queries, still open) window of one series.
@@ -190,7 +190,7 @@ pub struct Windows {
     lateness: i64,
     idle: i64,
     skew: i64,
-    index: HashMap<DeviceId, HashMap<Metric, usize>>,
+    index: NameMap<DeviceId, NameMap<Metric, usize>>,
     series: Vec<Series>,
     closed: Vec<Vec<Rollup>>,
 }
@@ -206,7 +206,7 @@ impl Windows {
             lateness: ns(settings.allowed_lateness),
             idle: ns(settings.idle_close),
             skew: ns(settings.max_clock_skew),
-            index: HashMap::new(),
+            index: NameMap::default(),
             series: Vec::new(),
         }
     }
@@ -329,6 +329,15 @@ impl Windows {
         self.series.iter().any(|s| s.last_arrival <= cutoff && s.has_open())
     }
 
+    /// Return rows taken by [`Windows::take_closed`] that could not be written, ahead of any
+    /// closed since.
+    pub(crate) fn put_back_closed(&mut self, taken: Vec<Vec<Rollup>>) {
+        for (mine, rows) in self.closed.iter_mut().zip(taken) {
+            let newer = std::mem::replace(mine, rows);
+            mine.extend(newer);
+        }
+    }
+
     /// Take the closed rows of each window size (same order as the sizes).
     pub fn take_closed(&mut self) -> Vec<Vec<Rollup>> {
         self.closed.iter_mut().map(std::mem::take).collect()
@@ -380,8 +389,21 @@ fn rollup(device: &DeviceId, metric: &Metric, size: i64, a: &Agg) -> Rollup {
 
 impl Windows {
     /// Encode the whole state (open windows, per-series watermarks, recent timestamps and the
-    /// closed rows not yet taken) for a checkpoint.
-    pub(crate) fn encode(&self, enc: &mut Enc) {
+    /// closed rows not yet taken) for a checkpoint, handing it to `emit` in pieces of about
+    /// 64 KiB, so the state is never copied whole into memory.
+    pub(crate) fn encode_to(
+        &self,
+        emit: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        const PIECE: usize = 64 * 1024;
+        let mut enc = Enc::default();
+        let mut spill = |enc: &mut Enc, at_least: usize| {
+            if enc.buf.len() >= at_least {
+                emit(&enc.buf)?;
+                enc.buf.clear();
+            }
+            Ok::<(), std::io::Error>(())
+        };
         enc.u32(self.sizes.len() as u32);
         for &s in &self.sizes {
             enc.i64(s);
@@ -400,9 +422,10 @@ impl Windows {
                 enc.i64(per.closed_until);
                 enc.u32(per.open.len() as u32);
                 for a in &per.open {
-                    encode_agg(enc, a);
+                    encode_agg(&mut enc, a);
                 }
             }
+            spill(&mut enc, PIECE)?;
         }
         for closed in &self.closed {
             enc.u64(closed.len() as u64);
@@ -410,7 +433,7 @@ impl Windows {
                 enc.name(r.device.as_str());
                 enc.name(r.metric.as_str());
                 encode_agg(
-                    enc,
+                    &mut enc,
                     &Agg {
                         start: r.start,
                         count: r.count,
@@ -423,8 +446,20 @@ impl Windows {
                         last_ts: r.last_ts,
                     },
                 );
+                spill(&mut enc, PIECE)?;
             }
         }
+        spill(&mut enc, 1)
+    }
+
+    /// The whole state in memory (see [`Windows::encode_to`]).
+    #[cfg(test)]
+    pub(crate) fn encode(&self, enc: &mut Enc) {
+        self.encode_to(&mut |piece| {
+            enc.buf.extend_from_slice(piece);
+            Ok(())
+        })
+        .expect("encoding into memory cannot fail");
     }
 
     /// Restore a state encoded by [`Windows::encode`] under (possibly changed) settings. Window

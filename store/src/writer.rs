@@ -120,7 +120,8 @@ pub(crate) struct FlushJob {
     seq: u64,
     rollups: Vec<(i64, Vec<Rollup>)>,
     recordings: Vec<Reading>,
-    state: Vec<u8>,
+    /// The window state at `seq`, already in its temporary file.
+    state: checkpoint::Staged,
 }
 
 /// A flush is committed: the WAL may be deleted through `deletable`.
@@ -141,6 +142,8 @@ pub(crate) struct Writer {
     pub(crate) done: mpsc::Receiver<FlushDone>,
     pub(crate) checkpoint_seq: u64,
     pub(crate) window_labels: Vec<String>,
+    /// Checkpoints that could not be staged in a row (the disk is full, say).
+    pub(crate) stage_failures: u32,
 }
 
 impl Writer {
@@ -200,6 +203,11 @@ impl Writer {
             if !in_flight && due && self.has_news() {
                 in_flight = self.send_flush();
                 last_flush = tokio::time::Instant::now();
+                if self.stage_failures > 0 {
+                    // Try again after the write backoff, not a whole flush interval later.
+                    let wait = self.cfg.flush_interval.saturating_sub(backoff(self.stage_failures));
+                    last_flush = last_flush.checked_sub(wait).unwrap_or(last_flush);
+                }
             }
             if maintain {
                 self.update_gauges();
@@ -355,15 +363,29 @@ impl Writer {
         }
     }
 
-    /// Hand the flusher a job; false if it is gone.
+    /// Stage the checkpoint and hand the flusher a job; false if that failed (the job's rows
+    /// stay for the next try) or the flusher is gone.
     fn send_flush(&mut self) -> bool {
         let seq = self.wal.next_seq() - 1;
         let closed = self.windows.take_closed();
+        let state_dir = self.cfg.data_dir.join(layout::STATE);
+        let state = match checkpoint::stage(&state_dir, seq, |emit| self.windows.encode_to(emit)) {
+            Ok(staged) => staged,
+            Err(e) => {
+                self.windows.put_back_closed(closed);
+                failed_write(&self.shared, Part::Flusher, "writing a checkpoint", &e, self.stage_failures);
+                self.stage_failures = self.stage_failures.saturating_add(1);
+                return false;
+            }
+        };
+        if self.stage_failures > 0 {
+            self.stage_failures = 0;
+            tracing::info!("checkpoint written again");
+            self.shared.report(Part::Flusher, None);
+        }
         let rollups: Vec<(i64, Vec<Rollup>)> = self.windows.sizes().iter().copied().zip(closed).collect();
         let recordings = self.recordings.as_mut().map(std::mem::take).unwrap_or_default();
-        let mut enc = Enc::default();
-        self.windows.encode(&mut enc);
-        let job = FlushJob { seq, rollups, recordings, state: enc.buf };
+        let job = FlushJob { seq, rollups, recordings, state };
         match self.jobs.try_send(job) {
             Ok(()) => {
                 self.checkpoint_seq = seq;
@@ -479,7 +501,7 @@ fn flush(cfg: &StoreConfig, m: &StoreMetrics, job: &mut FlushJob) -> std::io::Re
             files::write_recordings(&cfg.data_dir, &mut job.recordings, job.seq, cfg.row_group_rows)?.len()
                 as u64;
     }
-    let deletable = checkpoint::write(&cfg.data_dir.join(layout::STATE), job.seq, &job.state)?;
+    let deletable = checkpoint::commit(&cfg.data_dir.join(layout::STATE), &job.state)?;
     let rows = [job.rollups.iter().map(|(_, r)| r.len() as u64).sum(), job.recordings.len() as u64];
     for (k, kind) in ["rollup", "recording"].into_iter().enumerate() {
         m.files_written.get_or_create(&KindLabels { kind }).inc_by(written[k]);

@@ -190,13 +190,18 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     if !config.modbus.is_empty() {
         let (board, devices) = tokio::sync::watch::channel(std::collections::BTreeMap::new());
         running.spawn("modbus-health", report_modbus(devices, health.clone(), shutdown.clone()));
+        let (batcher, batching) = fieldgate_adapters::modbus::Batcher::new(running.sink());
+        running.spawn("modbus-batcher", async move {
+            batching.await;
+            Ok(())
+        });
         for bus in config.modbus.clone() {
             let (tx, rx) = tokio::sync::mpsc::channel(16);
             for d in &bus.devices {
                 modbus_writes.insert(d.device.clone(), tx.clone());
             }
             let (sink, metrics, board, stop) =
-                (running.sink(), adapter_metrics.clone(), board.clone(), shutdown.clone());
+                (batcher.clone(), adapter_metrics.clone(), board.clone(), shutdown.clone());
             running
                 .spawn("modbus", fieldgate_adapters::modbus::bus::run(bus, sink, rx, metrics, board, stop));
         }

@@ -18,11 +18,12 @@
 //! (recorded, not aggregated) and the code is counted. Writes (commands) go through the same
 //! queue as polls, between two polls, with the same encoding as reads.
 
+use super::batch::Batcher;
 use super::plan::{Read, plan};
 use super::point::{Point, Table};
 use crate::backoff::Backoff;
 use crate::metrics::AdapterMetrics;
-use fieldgate_proto::{CommandError, DeviceId, Quality, Reading, ReadingSink, Source, Timestamp};
+use fieldgate_proto::{CommandError, DeviceId, Quality, Reading, Source, Timestamp};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -192,7 +193,7 @@ pub(crate) enum Data {
 /// Poll the bus's devices until `shutdown`, and carry out writes from `writes`.
 pub async fn run(
     settings: BusSettings,
-    sink: ReadingSink,
+    sink: Batcher,
     mut writes: mpsc::Receiver<WriteRequest>,
     metrics: AdapterMetrics,
     health: HealthBoard,
@@ -408,7 +409,7 @@ fn open_serial(s: &SerialSettings) -> std::io::Result<tokio_serial::SerialStream
 async fn poll_device(
     link: &mut Link,
     d: &mut Device,
-    sink: &ReadingSink,
+    sink: &Batcher,
     metrics: &AdapterMetrics,
     health: &HealthBoard,
     bus: &str,
@@ -479,8 +480,7 @@ async fn poll_device(
     }
     metrics.modbus_points.inc_by(readings.len() as u64);
     if !readings.is_empty() {
-        // Modbus has nobody to acknowledge to: the Ack is dropped, the readings still go in.
-        sink.submit(readings, Timestamp::now()).await.map_err(|e| e.to_string())?;
+        sink.add(readings).await.map_err(|e| e.to_string())?;
     }
     let now = Instant::now();
     let all_failed = answered == 0 && !d.reads.is_empty();

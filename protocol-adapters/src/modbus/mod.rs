@@ -5,11 +5,13 @@
 //! functions, one path for reads and writes; [`plan`] merges a device's points into as few
 //! requests as the protocol allows.
 
+pub mod batch;
 pub mod bus;
 pub mod plan;
 pub mod point;
 pub mod probe;
 
+pub use batch::Batcher;
 pub use bus::{
     BusSettings, DeviceHealth, DeviceSettings, HealthBoard, Parity, SerialSettings, Transport, WriteRequest,
 };

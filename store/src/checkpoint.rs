@@ -63,20 +63,30 @@ pub(crate) fn stage(
 ) -> io::Result<Staged> {
     std::fs::create_dir_all(state_dir)?;
     let tmp = path(state_dir, seq).with_extension("ckpt.tmp");
-    let mut out = BufWriter::with_capacity(64 * 1024, File::create(&tmp)?);
-    out.write_all(&MAGIC.to_le_bytes())?;
-    out.write_all(&0u32.to_le_bytes())?; // the CRC, filled in below
-    out.write_all(&seq.to_le_bytes())?;
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(&seq.to_le_bytes());
-    encode(&mut |piece: &[u8]| {
-        crc.update(piece);
-        out.write_all(piece)
-    })?;
-    let mut file = out.into_inner().map_err(io::IntoInnerError::into_error)?;
-    file.seek(SeekFrom::Start(4))?;
-    file.write_all(&crc.finalize().to_le_bytes())?;
-    Ok(Staged { seq, tmp, file })
+    let written = (|| {
+        let mut out = BufWriter::with_capacity(64 * 1024, File::create(&tmp)?);
+        out.write_all(&MAGIC.to_le_bytes())?;
+        out.write_all(&0u32.to_le_bytes())?; // the CRC, filled in below
+        out.write_all(&seq.to_le_bytes())?;
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&seq.to_le_bytes());
+        encode(&mut |piece: &[u8]| {
+            crc.update(piece);
+            out.write_all(piece)
+        })?;
+        let mut file = out.into_inner().map_err(io::IntoInnerError::into_error)?;
+        file.seek(SeekFrom::Start(4))?;
+        file.write_all(&crc.finalize().to_le_bytes())?;
+        Ok(file)
+    })();
+    match written {
+        Ok(file) => Ok(Staged { seq, tmp, file }),
+        Err(e) => {
+            // A half-written file (the disk filled up, say) is no use to anyone.
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
 }
 
 /// Make a staged checkpoint durable and current, then remove all but the newest [`KEEP`].
@@ -183,6 +193,23 @@ mod tests {
         bytes[last] ^= 1;
         std::fs::write(&p, bytes).unwrap();
         assert_eq!(load(dir.path()).unwrap(), (Some((9, b"nine".to_vec())), 1));
+    }
+
+    #[test]
+    fn a_checkpoint_that_cannot_be_staged_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), 5, b"five").unwrap();
+        let failed = stage(dir.path(), 9, |emit| {
+            emit(b"the first piece")?;
+            Err(io::Error::new(io::ErrorKind::StorageFull, "no space left"))
+        });
+        assert_eq!(failed.unwrap_err().kind(), io::ErrorKind::StorageFull);
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names, vec![format!("checkpoint-{:020}.ckpt", 5)]);
+        assert_eq!(load(dir.path()).unwrap(), (Some((5, b"five".to_vec())), 0));
     }
 
     #[test]

@@ -282,3 +282,17 @@ fn modbus_readings_are_not_remembered_for_duplicate_detection() {
     let out = w.apply(at(2), &[mqtt.clone(), mqtt]);
     assert_eq!((out.aggregated, out.duplicate), (1, 1));
 }
+
+#[test]
+fn rows_put_back_after_a_failed_flush_come_out_first_at_the_next() {
+    let mut w = Windows::new(&settings());
+    w.apply(at(100), &[r("bin-1", "level", 1.0, 1.0), r("bin-1", "level", 16.0, 2.0)]);
+    let taken = w.take_closed();
+    assert_eq!(taken[0].iter().map(|row| row.start).collect::<Vec<_>>(), vec![0]);
+    // The checkpoint could not be written: the rows go back, and more close meanwhile.
+    w.put_back_closed(taken);
+    w.apply(at(100), &[r("bin-1", "level", 26.0, 3.0)]);
+    let closed = w.take_closed();
+    assert_eq!(closed[0].iter().map(|row| row.start).collect::<Vec<_>>(), vec![0, 10 * S]);
+    assert_eq!(w.closed_len(), 0);
+}

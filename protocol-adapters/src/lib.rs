@@ -8,6 +8,7 @@
 //! field-sim (which encodes what adapters decode).
 
 pub mod backoff;
+pub mod lorawan;
 pub mod metrics;
 pub mod modbus;
 pub mod mqtt;

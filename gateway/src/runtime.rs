@@ -200,10 +200,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             for d in &bus.devices {
                 modbus_writes.insert(d.device.clone(), tx.clone());
             }
-            let (sink, metrics, board, stop) =
+            let (batcher, metrics, board, stop) =
                 (batcher.clone(), adapter_metrics.clone(), board.clone(), shutdown.clone());
-            running
-                .spawn("modbus", fieldgate_adapters::modbus::bus::run(bus, sink, rx, metrics, board, stop));
+            running.spawn(
+                "modbus",
+                fieldgate_adapters::modbus::bus::run(bus, batcher, rx, metrics, board, stop),
+            );
         }
     }
     let dispatcher = Arc::new(Dispatcher::new(live.clone(), mqtt_commands, modbus_writes, metrics));

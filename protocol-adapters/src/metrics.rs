@@ -63,7 +63,7 @@ pub struct AdapterMetrics {
     /// Modbus devices backed off right now.
     pub modbus_backed_off: Gauge,
     /// Modbus connections that failed to open.
-    pub modbus_reconnects: Counter,
+    pub modbus_connect_failures: Counter,
     /// Modbus writes by outcome: ok, failed.
     pub modbus_writes: Family<OutcomeLabels, Counter>,
     logged: Arc<Mutex<LogState>>,
@@ -83,7 +83,7 @@ impl AdapterMetrics {
             modbus_exceptions: Family::default(),
             modbus_points: Counter::default(),
             modbus_backed_off: Gauge::default(),
-            modbus_reconnects: Counter::default(),
+            modbus_connect_failures: Counter::default(),
             modbus_writes: Family::default(),
             logged: Arc::default(),
         };
@@ -125,7 +125,7 @@ impl AdapterMetrics {
         r.register(
             "modbus_connect_failures",
             "Modbus connections that failed to open",
-            m.modbus_reconnects.clone(),
+            m.modbus_connect_failures.clone(),
         );
         r.register("modbus_writes", "Modbus writes (commands) by outcome", m.modbus_writes.clone());
         m

@@ -163,14 +163,13 @@ impl Writer {
         let mut maintenance = tokio::time::interval(MAINTENANCE_INTERVAL);
         maintenance.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut in_flight = false;
-        let mut last_flush = tokio::time::Instant::now();
+        let mut flush_at = tokio::time::Instant::now() + self.cfg.flush_interval;
         // Idle windows and gauges need a look over every series: at most once a maintenance
         // interval, not after every commit (with 20,000 series and a thousand small commits a
         // second, that look was most of the writer's time).
         let mut last_maintenance: Option<tokio::time::Instant> = None;
         loop {
             // Wake at the flush deadline too, so an idle store flushes on time.
-            let flush_at = last_flush + self.cfg.flush_interval;
             let flush_pending = !in_flight && self.has_news();
             // While a flush is in flight and rows pile up past twice the flush size, stop
             // taking input: producers wait rather than memory growing.
@@ -198,16 +197,17 @@ impl Writer {
             if maintain {
                 self.tick_if_due();
             }
-            let due =
-                last_flush.elapsed() >= self.cfg.flush_interval || self.waiting_rows() >= self.cfg.flush_rows;
+            let due = tokio::time::Instant::now() >= flush_at || self.waiting_rows() >= self.cfg.flush_rows;
             if !in_flight && due && self.has_news() {
                 in_flight = self.send_flush();
-                last_flush = tokio::time::Instant::now();
-                if self.stage_failures > 0 {
-                    // Try again after the write backoff, not a whole flush interval later.
-                    let wait = self.cfg.flush_interval.saturating_sub(backoff(self.stage_failures));
-                    last_flush = last_flush.checked_sub(wait).unwrap_or(last_flush);
-                }
+                // A checkpoint that could not be staged is tried again after the write backoff,
+                // not a whole flush interval later.
+                let wait = if self.stage_failures > 0 {
+                    backoff(self.stage_failures)
+                } else {
+                    self.cfg.flush_interval
+                };
+                flush_at = tokio::time::Instant::now() + wait;
             }
             if maintain {
                 self.update_gauges();

@@ -193,7 +193,7 @@ pub(crate) enum Data {
 /// Poll the bus's devices until `shutdown`, and carry out writes from `writes`.
 pub async fn run(
     settings: BusSettings,
-    sink: Batcher,
+    batcher: Batcher,
     mut writes: mpsc::Receiver<WriteRequest>,
     metrics: AdapterMetrics,
     health: HealthBoard,
@@ -260,7 +260,7 @@ pub async fn run(
                             }
                         }
                         Err(e) => {
-                            metrics.modbus_reconnects.inc();
+                            metrics.modbus_connect_failures.inc();
                             announced = false;
                             let delay = reconnect.next_delay();
                             reconnect_at = Instant::now() + delay;
@@ -275,7 +275,7 @@ pub async fn run(
                         }
                     }
                 }
-                if let Err(e) = poll_device(&mut link, &mut devices[i], &sink, &metrics, &health, &name).await {
+                if let Err(e) = poll_device(&mut link, &mut devices[i], &batcher, &metrics, &health, &name).await {
                     // The pipeline closes its input once the gateway stops: not a failure then.
                     if shutdown.is_cancelled() {
                         break;
@@ -409,7 +409,7 @@ fn open_serial(s: &SerialSettings) -> std::io::Result<tokio_serial::SerialStream
 async fn poll_device(
     link: &mut Link,
     d: &mut Device,
-    sink: &Batcher,
+    batcher: &Batcher,
     metrics: &AdapterMetrics,
     health: &HealthBoard,
     bus: &str,
@@ -480,7 +480,7 @@ async fn poll_device(
     }
     metrics.modbus_points.inc_by(readings.len() as u64);
     if !readings.is_empty() {
-        sink.add(readings).await.map_err(|e| e.to_string())?;
+        batcher.add(readings).await.map_err(|e| e.to_string())?;
     }
     let now = Instant::now();
     let all_failed = answered == 0 && !d.reads.is_empty();

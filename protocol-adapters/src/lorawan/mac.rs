@@ -112,6 +112,20 @@ pub fn peek(phy: &[u8]) -> Result<(u32, u16), FrameError> {
 /// Verify and decrypt a data uplink of the session with `keys` whose last accepted counter is
 /// `last_fcnt`.
 pub fn verify_uplink(phy: &[u8], keys: &SessionKeys, last_fcnt: Option<u32>) -> Result<Uplink, FrameError> {
+    verify_data(phy, keys, last_fcnt, true)
+}
+
+/// Verify and decrypt a data downlink as a device does (field-sim's devices, tests).
+pub fn verify_downlink(phy: &[u8], keys: &SessionKeys, last_fcnt: Option<u32>) -> Result<Uplink, FrameError> {
+    verify_data(phy, keys, last_fcnt, false)
+}
+
+fn verify_data(
+    phy: &[u8],
+    keys: &SessionKeys,
+    last_fcnt: Option<u32>,
+    uplink: bool,
+) -> Result<Uplink, FrameError> {
     let mut bytes = phy.to_vec();
     let data = match lorawan::parser::parse(bytes.as_mut_slice()) {
         Ok(PhyPayload::Data(DataPayload::Encrypted(data))) => data,
@@ -122,8 +136,8 @@ pub fn verify_uplink(phy: &[u8], keys: &SessionKeys, last_fcnt: Option<u32>) -> 
         Ok(PhyPayload::JoinAccept(_)) => return Err(FrameError::NotDataUplink("join accept")),
         Err(e) => return Err(FrameError::Malformed(format!("{e:?}"))),
     };
-    if !data.is_uplink() {
-        return Err(FrameError::NotDataUplink("data downlink"));
+    if data.is_uplink() != uplink {
+        return Err(FrameError::NotDataUplink(if uplink { "data downlink" } else { "data uplink" }));
     }
     let fhdr = data.fhdr();
     let fcnt = full_fcnt(last_fcnt, fhdr.fcnt())?;
@@ -154,6 +168,107 @@ pub fn verify_uplink(phy: &[u8], keys: &SessionKeys, last_fcnt: Option<u32>) -> 
         f_port,
         payload,
     })
+}
+
+/// A data frame to build: the gateway's downlinks, and field-sim's uplinks.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Frame<'a> {
+    pub dev_addr: u32,
+    pub fcnt: u32,
+    pub uplink: bool,
+    pub confirmed: bool,
+    /// Uplink: ADR enabled. Downlink: unused.
+    pub adr: bool,
+    /// Acknowledges the last confirmed frame of the other side.
+    pub ack: bool,
+    /// MAC commands in FOpts (at most 15 bytes, cleartext in 1.0.x).
+    pub f_opts: &'a [u8],
+    /// With `None` the frame carries no FRMPayload.
+    pub f_port: Option<u8>,
+    pub payload: &'a [u8],
+}
+
+/// The largest FRMPayload this module builds (the largest any region allows at any rate).
+pub const MAX_PAYLOAD: usize = 222;
+
+/// Build and encrypt a data frame, MIC included. The FRMPayload is encrypted with the AppSKey,
+/// or with the NwkSKey on port 0.
+pub fn build(frame: &Frame<'_>, keys: &SessionKeys) -> Result<Vec<u8>, FrameError> {
+    if frame.f_opts.len() > 15 || frame.payload.len() > MAX_PAYLOAD {
+        return Err(FrameError::Malformed(format!(
+            "{} bytes of FOpts and {} of payload do not fit a frame (15 and {MAX_PAYLOAD} at most)",
+            frame.f_opts.len(),
+            frame.payload.len()
+        )));
+    }
+    if frame.f_port.is_none() && !frame.payload.is_empty() {
+        return Err(FrameError::Malformed("a payload needs a port".into()));
+    }
+    let mtype: u8 = match (frame.uplink, frame.confirmed) {
+        (true, false) => 0x40,
+        (false, false) => 0x60,
+        (true, true) => 0x80,
+        (false, true) => 0xa0,
+    };
+    let mut fctrl = (frame.f_opts.len() as u8) & 0x0f;
+    if frame.adr {
+        fctrl |= 0x80;
+    }
+    if frame.ack {
+        fctrl |= 0x20;
+    }
+    let mut phy = Vec::with_capacity(13 + frame.f_opts.len() + frame.payload.len());
+    phy.push(mtype);
+    phy.extend_from_slice(&frame.dev_addr.to_le_bytes());
+    phy.push(fctrl);
+    phy.extend_from_slice(&(frame.fcnt as u16).to_le_bytes());
+    phy.extend_from_slice(frame.f_opts);
+    if let Some(port) = frame.f_port {
+        phy.push(port);
+        let key = if port == 0 { keys.nwk_s_key } else { keys.app_s_key };
+        phy.extend(crypt(frame.payload, &key, frame.uplink, frame.dev_addr, frame.fcnt));
+    }
+    let mic = data_mic(&phy, &keys.nwk_s_key, frame.uplink, frame.dev_addr, frame.fcnt);
+    phy.extend_from_slice(&mic);
+    Ok(phy)
+}
+
+/// The FRMPayload cipher of LoRaWAN 1.0 (AES in counter mode over the `A_i` blocks); the same
+/// operation encrypts and decrypts.
+fn crypt(data: &[u8], key: &[u8; 16], uplink: bool, dev_addr: u32, fcnt: u32) -> Vec<u8> {
+    use aes::cipher::{BlockEncrypt, KeyInit};
+    let aes = aes::Aes128::new(key.into());
+    let mut out = Vec::with_capacity(data.len());
+    for (i, chunk) in data.chunks(16).enumerate() {
+        let mut a = block(0x01, uplink, dev_addr, fcnt);
+        a[15] = (i + 1) as u8;
+        let mut block = aes::Block::from(a);
+        aes.encrypt_block(&mut block);
+        out.extend(chunk.iter().zip(block.iter()).map(|(d, k)| d ^ k));
+    }
+    out
+}
+
+/// The `A_i` / `B_0` block both the cipher and the MIC start from.
+fn block(first: u8, uplink: bool, dev_addr: u32, fcnt: u32) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b[0] = first;
+    b[5] = u8::from(!uplink);
+    b[6..10].copy_from_slice(&dev_addr.to_le_bytes());
+    b[10..14].copy_from_slice(&fcnt.to_le_bytes());
+    b
+}
+
+/// The MIC of a data frame: the first 4 bytes of AES-CMAC over `B_0 | msg`.
+fn data_mic(msg: &[u8], nwk_s_key: &[u8; 16], uplink: bool, dev_addr: u32, fcnt: u32) -> [u8; 4] {
+    use cmac::Mac;
+    let mut b0 = block(0x49, uplink, dev_addr, fcnt);
+    b0[15] = msg.len() as u8;
+    let mut mac = <cmac::Cmac<aes::Aes128> as cmac::digest::KeyInit>::new(nwk_s_key.into());
+    mac.update(&b0);
+    mac.update(msg);
+    let tag = mac.finalize().into_bytes();
+    [tag[0], tag[1], tag[2], tag[3]]
 }
 
 /// The message type of a PHYPayload, for logs, if it has one.

@@ -180,6 +180,13 @@ fn to_raw(value: f64, resolution: f64, size: usize, signed: bool, what: &str) ->
     Ok(raw as i64)
 }
 
+/// `raw * scale`, computed as `raw / (1 / scale)` when that divisor is a whole number, so a
+/// tenth-degree 272 reads 27.2 and not 27.200000000000003.
+fn scaled(raw: f64, scale: f64) -> f64 {
+    let divisor = 1.0 / scale;
+    if scale < 1.0 && (divisor - divisor.round()).abs() < 1e-9 { raw / divisor.round() } else { raw * scale }
+}
+
 fn metric(name: &str) -> Metric {
     Metric::new(name).expect("codec metric names use letters, digits and _")
 }
@@ -270,7 +277,7 @@ impl Layout {
                     }
                     ty => read_int(bytes, f.big_endian, ty.signed()) as f64,
                 };
-                Ok((f.metric.clone(), raw * f.scale + f.offset))
+                Ok((f.metric.clone(), scaled(raw, f.scale) + f.offset))
             })
             .collect()
     }
@@ -309,9 +316,9 @@ fn decode_lpp(payload: &[u8]) -> Result<Vec<(Metric, f64)>, CodecError> {
         for axis in 0..axes {
             let raw = read_int(&body[axis * size..(axis + 1) * size], true, signed) as f64;
             let (metric_name, value) = match (kind, axes) {
-                (136, _) => (format!("gps_{}_{channel}", GPS[axis].0), raw * GPS[axis].1),
-                (_, 3) => (format!("{name}_{}_{channel}", AXES[axis]), raw * resolution),
-                _ => (format!("{name}_{channel}"), raw * resolution),
+                (136, _) => (format!("gps_{}_{channel}", GPS[axis].0), scaled(raw, GPS[axis].1)),
+                (_, 3) => (format!("{name}_{}_{channel}", AXES[axis]), scaled(raw, resolution)),
+                _ => (format!("{name}_{channel}"), scaled(raw, resolution)),
             };
             values.push((metric(&metric_name), value));
         }

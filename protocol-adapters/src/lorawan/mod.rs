@@ -12,3 +12,6 @@ pub mod codec;
 pub mod gwmp;
 pub mod join;
 pub mod mac;
+pub mod region;
+pub mod server;
+pub mod session;

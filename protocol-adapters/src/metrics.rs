@@ -66,6 +66,17 @@ pub struct AdapterMetrics {
     pub modbus_connect_failures: Counter,
     /// Modbus writes by outcome: ok, failed.
     pub modbus_writes: Family<OutcomeLabels, Counter>,
+    /// LoRaWAN data uplinks accepted (after deduplication).
+    pub lorawan_uplinks: Counter,
+    /// LoRaWAN joins accepted.
+    pub lorawan_joins: Counter,
+    /// Extra receptions of a frame by other concentrators, merged into one.
+    pub lorawan_duplicates: Counter,
+    /// LoRaWAN downlinks by outcome: rx1, rx2 (scheduled), too_late, no_path, and the
+    /// concentrators' TX_ACK errors.
+    pub lorawan_downlinks: Family<OutcomeLabels, Counter>,
+    /// Concentrators that have opened a downlink path (PULL_DATA).
+    pub lorawan_gateways: Gauge,
     logged: Arc<Mutex<LogState>>,
 }
 
@@ -85,6 +96,11 @@ impl AdapterMetrics {
             modbus_backed_off: Gauge::default(),
             modbus_connect_failures: Counter::default(),
             modbus_writes: Family::default(),
+            lorawan_uplinks: Counter::default(),
+            lorawan_joins: Counter::default(),
+            lorawan_duplicates: Counter::default(),
+            lorawan_downlinks: Family::default(),
+            lorawan_gateways: Gauge::default(),
             logged: Arc::default(),
         };
         for outcome in ["ok", "exception", "timeout", "error"] {
@@ -128,6 +144,19 @@ impl AdapterMetrics {
             m.modbus_connect_failures.clone(),
         );
         r.register("modbus_writes", "Modbus writes (commands) by outcome", m.modbus_writes.clone());
+        r.register("lorawan_uplinks", "LoRaWAN data uplinks accepted", m.lorawan_uplinks.clone());
+        r.register("lorawan_joins", "LoRaWAN over-the-air joins accepted", m.lorawan_joins.clone());
+        r.register(
+            "lorawan_duplicates",
+            "Receptions of a LoRaWAN frame by further concentrators, merged into one",
+            m.lorawan_duplicates.clone(),
+        );
+        r.register("lorawan_downlinks", "LoRaWAN downlinks by outcome", m.lorawan_downlinks.clone());
+        r.register(
+            "lorawan_gateways",
+            "Concentrators with an open downlink path (PULL_DATA heard)",
+            m.lorawan_gateways.clone(),
+        );
         m
     }
 
@@ -137,6 +166,10 @@ impl AdapterMetrics {
 
     pub fn modbus_exception(&self, code: &'static str) {
         self.modbus_exceptions.get_or_create(&CodeLabels { code }).inc();
+    }
+
+    pub fn lorawan_downlink(&self, outcome: &'static str) {
+        self.lorawan_downlinks.get_or_create(&OutcomeLabels { outcome }).inc();
     }
 
     pub fn modbus_write(&self, outcome: &'static str) {

@@ -6,8 +6,12 @@
 //! - [`codec`] turns FRMPayloads into metrics (Cayenne LPP, declared byte layouts) and back;
 //! - [`region`] knows the receive windows and channels of each region's class A downlinks.
 //!
-//! All of them are pure functions over bytes, shared with field-sim's devices.
+//! - [`session`] keeps sessions, counters and queues, and their saved form;
+//! - [`server`] decides about each frame (sans I/O); [`adapter`] runs it behind a UDP socket.
+//!
+//! The codecs and frame builders are pure functions over bytes, shared with field-sim.
 
+pub mod adapter;
 pub mod codec;
 pub mod gwmp;
 pub mod join;

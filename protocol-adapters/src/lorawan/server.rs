@@ -140,6 +140,10 @@ impl NetworkServer {
         NetworkServer { settings, devices, states, index, sending, rng: rand::rngs::SmallRng::from_os_rng() }
     }
 
+    pub fn region(&self) -> Region {
+        self.settings.region
+    }
+
     pub fn devices(&self) -> &[DeviceConfig] {
         &self.devices
     }

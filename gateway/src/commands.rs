@@ -1,6 +1,7 @@
 //! Commands down to devices: the [`Dispatcher`] takes a [`Command`] (from the gRPC
 //! `CommandService`, later from harvest coordination), finds the adapter of the device's
-//! protocol and waits for the adapter's confirmation.
+//! protocol and waits for the adapter's confirmation: an MQTT PUBACK, a Modbus write's answer,
+//! or a LoRaWAN downlink queued (and saved) for the device's next uplink.
 //!
 //! A command id is executed once: a repeated id of a command that was accepted (delivered or
 //! queued) answers `Duplicate` without sending anything, so a caller may retry a call whose
@@ -9,6 +10,7 @@
 
 use crate::live::LiveState;
 use crate::metrics::{CommandLabels, GatewayMetrics};
+use fieldgate_adapters::lorawan::adapter::LorawanCommands;
 use fieldgate_adapters::modbus::WriteRequest;
 use fieldgate_adapters::mqtt::MqttCommands;
 use fieldgate_proto::{Action, Command, CommandError, CommandId, Delivery, DeviceId, Sent, Source};
@@ -26,6 +28,7 @@ pub struct Dispatcher {
     mqtt: Option<MqttCommands>,
     /// The write queue of the bus of each configured Modbus device.
     modbus: HashMap<DeviceId, mpsc::Sender<WriteRequest>>,
+    lorawan: Option<LorawanCommands>,
     ids: Mutex<Ids>,
     metrics: GatewayMetrics,
 }
@@ -44,9 +47,10 @@ impl Dispatcher {
         live: LiveState,
         mqtt: Option<MqttCommands>,
         modbus: HashMap<DeviceId, mpsc::Sender<WriteRequest>>,
+        lorawan: Option<LorawanCommands>,
         metrics: GatewayMetrics,
     ) -> Self {
-        Dispatcher { live, mqtt, modbus, ids: Mutex::default(), metrics }
+        Dispatcher { live, mqtt, modbus, lorawan, ids: Mutex::default(), metrics }
     }
 
     fn ids(&self) -> std::sync::MutexGuard<'_, Ids> {
@@ -59,6 +63,8 @@ impl Dispatcher {
         // heard from.
         let source = if self.modbus.contains_key(&command.device) {
             Source::Modbus
+        } else if self.lorawan.as_ref().is_some_and(|l| l.knows(&command.device)) {
+            Source::Lorawan
         } else if let Some(device) = self.live.device(&command.device) {
             device.source
         } else {
@@ -83,10 +89,12 @@ impl Dispatcher {
                 None => Err(CommandError::Unreachable("MQTT is turned off in this gateway's config".into())),
             },
             Source::Modbus => self.modbus_write(&command).await,
-            other => Err(CommandError::Unsupported(format!(
-                "`{}` is a {other} device; commands to {other} devices are not supported yet",
-                command.device
-            ))),
+            Source::Lorawan => match &self.lorawan {
+                Some(lorawan) => lorawan.send(&command).await,
+                None => {
+                    Err(CommandError::Unreachable("LoRaWAN is turned off in this gateway's config".into()))
+                }
+            },
         };
         let mut ids = self.ids();
         ids.sending.remove(&command.id);

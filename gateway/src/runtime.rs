@@ -12,6 +12,9 @@ use crate::config::{Config, MqttBroker, MqttConfig};
 use crate::health::{Health, Status};
 use crate::live::LiveState;
 use crate::metrics::GatewayMetrics;
+use fieldgate_adapters::lorawan::adapter::{LorawanCommands, StateFile};
+use fieldgate_adapters::lorawan::server::NetworkServer;
+use fieldgate_adapters::lorawan::session::{DeviceConfig, DeviceState};
 use fieldgate_adapters::modbus::DeviceHealth;
 use fieldgate_adapters::mqtt::{Broker, MqttCommands};
 use fieldgate_adapters::{AdapterMetrics, LinkState};
@@ -61,6 +64,8 @@ pub struct Running {
     pub http_addr: SocketAddr,
     /// Where the gRPC API is served, when it is on.
     pub grpc_addr: Option<SocketAddr>,
+    /// Where the LoRaWAN packet forwarders are served (UDP), when it is on.
+    pub lorawan_addr: Option<SocketAddr>,
     health: Health,
     live: LiveState,
     sink: ReadingSink,
@@ -101,6 +106,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let mut running = Running {
         http_addr,
         grpc_addr: None,
+        lorawan_addr: None,
         health: health.clone(),
         live: live.clone(),
         sink,
@@ -208,7 +214,51 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             );
         }
     }
-    let dispatcher = Arc::new(Dispatcher::new(live.clone(), mqtt_commands, modbus_writes, metrics));
+    let mut lorawan_commands = None;
+    if let Some(lora) = config.lorawan.clone() {
+        let bind_error = |source| RunError::Bind {
+            what: "LoRaWAN (the packet forwarders' UDP; another network server on this port? set [lorawan] listen)",
+            addr: lora.listen,
+            source,
+        };
+        let socket = tokio::net::UdpSocket::bind(lora.listen).await.map_err(bind_error)?;
+        let addr = socket.local_addr().map_err(bind_error)?;
+        running.lorawan_addr = Some(addr);
+        match load_lorawan_state(data_dir, &lora.devices) {
+            Ok(states) => {
+                let devices = lora.devices.iter().map(|d| d.device.clone());
+                let (commands, requests) = LorawanCommands::new(devices);
+                lorawan_commands = Some(commands);
+                let server = NetworkServer::new(lora.network, lora.devices, states);
+                let (state, link) = tokio::sync::watch::channel(LinkState::Connecting("starting".into()));
+                running
+                    .spawn("lorawan-health", report_link("lorawan", link, health.clone(), shutdown.clone()));
+                let file: Arc<dyn StateFile> = Arc::new(LorawanStateFile(data_dir.clone()));
+                let (sink, metrics, stop) = (running.sink(), adapter_metrics.clone(), shutdown.clone());
+                running.spawn("lorawan", async move {
+                    fieldgate_adapters::lorawan::adapter::run(
+                        server,
+                        lora.adapter,
+                        socket,
+                        file,
+                        sink,
+                        requests,
+                        metrics,
+                        state,
+                        stop,
+                    )
+                    .await
+                });
+                tracing::info!(%addr, "lorawan network server listening");
+            }
+            Err(why) => {
+                tracing::error!(%why, "LoRaWAN is off");
+                health.set("lorawan", Status::Down, why);
+            }
+        }
+    }
+    let dispatcher =
+        Arc::new(Dispatcher::new(live.clone(), mqtt_commands, modbus_writes, lorawan_commands, metrics));
     if let Some(grpc) = config.grpc.clone() {
         let bind_error = |source| RunError::Bind { what: "the gRPC API", addr: grpc.listen, source };
         let listener = tokio::net::TcpListener::bind(grpc.listen).await.map_err(bind_error)?;
@@ -249,6 +299,40 @@ fn load_registry(data_dir: &std::path::Path) -> LiveState {
             );
             LiveState::default()
         }
+    }
+}
+
+/// The state file of the LoRaWAN sessions under `DATA_DIR/state/`.
+pub const LORAWAN_STATE: &str = "lorawan-sessions";
+
+/// Saves the LoRaWAN sessions (keys inside: readable by the gateway's user only).
+struct LorawanStateFile(PathBuf);
+
+impl StateFile for LorawanStateFile {
+    fn save(&self, bytes: &[u8]) -> std::io::Result<()> {
+        fieldgate_store::state::replace_private(&self.0, LORAWAN_STATE, bytes)
+    }
+}
+
+/// The saved LoRaWAN state for `devices`, or why it cannot be trusted. A damaged file is not
+/// set aside automatically: starting afresh would forget every device's frame counters (an
+/// ABP device's old frames could be replayed) and every OTAA session (devices must rejoin), so
+/// that is the operator's decision.
+fn load_lorawan_state(
+    data_dir: &std::path::Path,
+    devices: &[DeviceConfig],
+) -> Result<Vec<DeviceState>, String> {
+    let path = fieldgate_store::state::path(data_dir, LORAWAN_STATE);
+    match fieldgate_store::state::read(data_dir, LORAWAN_STATE) {
+        Ok(None) => Ok(Vec::new()),
+        Ok(Some(bytes)) => fieldgate_adapters::lorawan::session::decode(&bytes, devices).map_err(|e| {
+            format!(
+                "the LoRaWAN sessions file {} is not trusted: {e}. LoRaWAN stays off until it is restored or \
+                 moved aside (then OTAA devices must rejoin and ABP frame counters start over)",
+                path.display()
+            )
+        }),
+        Err(e) => Err(format!("cannot read the LoRaWAN sessions file {}: {e}", path.display())),
     }
 }
 
@@ -493,6 +577,7 @@ mod tests {
             mqtt: None,
             grpc: None,
             modbus: Vec::new(),
+            lorawan: None,
         }
     }
 

@@ -14,15 +14,26 @@ pub fn path(data_dir: &Path, name: &str) -> PathBuf {
 
 /// Replace the state file `name` with `bytes` (see [`write_atomic`]).
 pub fn replace(data_dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
-    write_atomic(&data_dir.join(layout::STATE), name, &[bytes])
+    write_atomic(&data_dir.join(layout::STATE), name, &[bytes], false)
+}
+
+/// Like [`replace`], for a file holding keys: readable by the gateway's user only (0600).
+pub fn replace_private(data_dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+    write_atomic(&data_dir.join(layout::STATE), name, &[bytes], true)
 }
 
 /// Write `parts` as the file `dir/name` crash-safely: a temporary `name.tmp` written and
 /// fsync'd, renamed over the old file, and the directory fsync'd.
-fn write_atomic(dir: &Path, name: &str, parts: &[&[u8]]) -> io::Result<()> {
+fn write_atomic(dir: &Path, name: &str, parts: &[&[u8]], private: bool) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     std::fs::create_dir_all(dir)?;
     let tmp = dir.join(format!("{name}.tmp"));
-    let mut file = std::fs::File::create(&tmp)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(if private { 0o600 } else { 0o644 })
+        .open(&tmp)?;
     for part in parts {
         file.write_all(part)?;
     }

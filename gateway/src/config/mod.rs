@@ -7,11 +7,13 @@
 //! are reported at once, so a farmer fixes the file in one go.
 
 mod diagnostics;
+mod lorawan;
 mod raw;
 mod secret;
 mod units;
 
 pub use diagnostics::{ConfigErrors, Location, Problem};
+pub use lorawan::LorawanConfig;
 pub use secret::{Secret, SecretSpec};
 pub use units::{ByteSize, HumanDuration};
 
@@ -41,6 +43,8 @@ pub struct Config {
     pub grpc: Option<GrpcConfig>,
     /// Modbus buses, each with its devices (devices sharing a connection share a bus).
     pub modbus: Vec<BusSettings>,
+    /// The LoRaWAN network server; `None` without a `[lorawan]` section.
+    pub lorawan: Option<LorawanConfig>,
 }
 
 /// MQTT: the broker, and where commands go.
@@ -145,6 +149,7 @@ impl Validator {
         let mqtt = self.mqtt(raw.mqtt, &gateway.id, base, env);
         let grpc = self.grpc(raw.grpc, env);
         let modbus = self.modbus(raw.modbus);
+        let lorawan = self.lorawan(raw.lorawan, env);
         Config {
             gateway,
             http: HttpConfig { listen: self.address("http.listen", &raw.http.listen) },
@@ -152,6 +157,7 @@ impl Validator {
             mqtt,
             grpc,
             modbus,
+            lorawan,
         }
     }
 

@@ -22,6 +22,7 @@ pub(crate) struct RawConfig {
     pub(crate) grpc: RawGrpc,
     #[serde(default)]
     pub(crate) modbus: RawModbus,
+    pub(crate) lorawan: Option<super::lorawan::RawLorawan>,
 }
 
 /// `[modbus]`: devices polled over Modbus TCP, RTU, or RTU over TCP.
@@ -308,7 +309,7 @@ impl Default for RawMqtt {
     }
 }
 
-fn yes() -> bool {
+pub(crate) fn yes() -> bool {
     true
 }
 

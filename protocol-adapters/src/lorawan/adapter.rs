@@ -191,6 +191,14 @@ pub async fn run(
     Ok(())
 }
 
+/// Send a datagram (a free function: the adapter's futures hold it only mutably, so it need
+/// not be `Sync`).
+async fn send(socket: &UdpSocket, bytes: &[u8], to: SocketAddr) {
+    if let Err(e) = socket.send_to(bytes, to).await {
+        tracing::warn!(%to, error = %e, "lorawan: cannot send to a concentrator");
+    }
+}
+
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
@@ -215,12 +223,6 @@ impl Adapter {
         self.metrics.rejected("lorawan", reason, place, why);
     }
 
-    async fn send(&self, bytes: &[u8], to: SocketAddr) {
-        if let Err(e) = self.socket.send_to(bytes, to).await {
-            tracing::warn!(%to, error = %e, "lorawan: cannot send to a concentrator");
-        }
-    }
-
     async fn datagram(&mut self, bytes: &[u8], from: SocketAddr) {
         let up = match gwmp::decode(bytes) {
             Ok(up) => up,
@@ -235,7 +237,7 @@ impl Adapter {
         }
         match up {
             Upstream::PullData { version, token, gateway } => {
-                self.send(&gwmp::pull_ack(version, token), from).await;
+                send(&self.socket, &gwmp::pull_ack(version, token), from).await;
                 let new = self.paths.insert(gateway, Path { addr: from, version }).is_none();
                 if new {
                     tracing::info!(%gateway, %from, "lorawan: concentrator opened its downlink path");
@@ -261,7 +263,7 @@ impl Adapter {
                     }
                 }
                 if frames == 0 {
-                    self.send(&gwmp::push_ack(version, token), from).await;
+                    send(&self.socket, &gwmp::push_ack(version, token), from).await;
                 } else {
                     self.acks.insert(id, PendingAck { addr: from, version, token, frames });
                 }
@@ -467,7 +469,7 @@ impl Adapter {
             Ok((addr, version, window, txpk)) => {
                 let token = self.next_token;
                 self.next_token = self.next_token.wrapping_add(1);
-                self.send(&gwmp::pull_resp(version, token, &txpk), addr).await;
+                send(&self.socket, &gwmp::pull_resp(version, token, &txpk), addr).await;
                 self.metrics.lorawan_downlink(window.as_str());
                 tracing::debug!(%gateway, window = window.as_str(), "lorawan: downlink sent");
                 if version >= 2 {
@@ -548,7 +550,7 @@ impl Adapter {
                 None => false,
             };
             if done && let Some(p) = self.acks.remove(id) {
-                self.send(&gwmp::push_ack(p.version, p.token), p.addr).await;
+                send(&self.socket, &gwmp::push_ack(p.version, p.token), p.addr).await;
             }
         }
     }
@@ -567,6 +569,64 @@ impl Adapter {
             Err(e) => {
                 let _ = request.done.send(Err(e));
             }
+        }
+    }
+}
+
+/// The command dispatcher's way to LoRaWAN devices: a setpoint is encoded with the device's
+/// profile and queued for its next uplink (class A devices listen only after sending), so
+/// the answer is `QUEUED` once the queue is saved.
+#[derive(Debug, Clone)]
+pub struct LorawanCommands {
+    tx: mpsc::Sender<QueueRequest>,
+    devices: Arc<HashSet<DeviceId>>,
+}
+
+impl LorawanCommands {
+    /// A handle for the configured `devices`, and the receiver the adapter serves.
+    pub fn new(devices: impl IntoIterator<Item = DeviceId>) -> (Self, mpsc::Receiver<QueueRequest>) {
+        // A few callers at once; a full queue makes the caller wait, not fail.
+        let (tx, rx) = mpsc::channel(64);
+        (LorawanCommands { tx, devices: Arc::new(devices.into_iter().collect()) }, rx)
+    }
+
+    /// Whether `device` is a configured LoRaWAN device.
+    pub fn knows(&self, device: &DeviceId) -> bool {
+        self.devices.contains(device)
+    }
+
+    pub async fn send(
+        &self,
+        command: &fieldgate_proto::Command,
+    ) -> Result<fieldgate_proto::Sent, fieldgate_proto::CommandError> {
+        use fieldgate_proto::{Action, CommandError, Delivery, Sent};
+        let Action::Set { metric, value } = &command.action else {
+            return Err(CommandError::Unsupported(format!(
+                "`{}` is a LoRaWAN device: it takes setpoints (`set`), not operator instructions",
+                command.device
+            )));
+        };
+        let (done, answer) = oneshot::channel();
+        let request = QueueRequest {
+            device: command.device.clone(),
+            command: command.id.clone(),
+            metric: metric.clone(),
+            value: *value,
+            done,
+        };
+        let stopped = || CommandError::Unreachable("the LoRaWAN network server has stopped".to_owned());
+        self.tx.send(request).await.map_err(|_| stopped())?;
+        match answer.await.map_err(|_| stopped())? {
+            Ok(position) => Ok(Sent {
+                delivery: Delivery::Queued,
+                detail: format!(
+                    "queued for `{}`'s next uplink (class A); {position} downlink(s) waiting",
+                    command.device
+                ),
+            }),
+            Err(QueueError::UnknownDevice(d)) => Err(CommandError::UnknownDevice(d)),
+            Err(e @ QueueError::Full { .. }) => Err(CommandError::Unreachable(e.to_string())),
+            Err(e) => Err(CommandError::Unsupported(e.to_string())),
         }
     }
 }

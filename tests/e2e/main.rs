@@ -2,6 +2,7 @@
 //! one), one module per capability.
 #![allow(clippy::unwrap_used)]
 
+mod lorawan;
 mod modbus;
 mod mqtt;
 mod spine;

@@ -776,3 +776,36 @@ impl Drop for SerialPair {
         let _ = self.child.wait();
     }
 }
+
+/// (device, metric, value) of every raw reading in the recordings under `data_dir`.
+pub fn recorded_values(data_dir: &Path) -> Vec<(String, String, f64)> {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{Float64Type, Int32Type};
+    let mut rows = Vec::new();
+    let root = data_dir.join(fieldgate_store::layout::RECORDINGS);
+    let Ok(days) = std::fs::read_dir(&root) else { return rows };
+    for day in days {
+        for (path, _, _) in fieldgate_store::layout::parts(&day.unwrap().path()) {
+            let file = std::fs::File::open(&path).unwrap();
+            let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+                .unwrap()
+                .build()
+                .unwrap();
+            for batch in reader {
+                let b = batch.unwrap();
+                let strings = |name: &str| -> Vec<String> {
+                    let dict =
+                        arrow_array::cast::as_dictionary_array::<Int32Type>(b.column_by_name(name).unwrap());
+                    let values = dict.values().as_string::<i32>();
+                    dict.keys().iter().map(|k| values.value(k.unwrap() as usize).to_owned()).collect()
+                };
+                let (devices, metrics) = (strings("device"), strings("metric"));
+                let values = b.column_by_name("value").unwrap().as_primitive::<Float64Type>();
+                for i in 0..b.num_rows() {
+                    rows.push((devices[i].clone(), metrics[i].clone(), values.value(i)));
+                }
+            }
+        }
+    }
+    rows
+}

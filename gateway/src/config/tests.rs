@@ -1,4 +1,6 @@
 use super::*;
+use fieldgate_adapters::lorawan::codec::Codec;
+use fieldgate_adapters::lorawan::session::Activation;
 
 fn no_env(_: &str) -> Option<String> {
     None
@@ -496,6 +498,109 @@ type = "f16"
             "22: modbus.device[1].point[1].address: `400013`: with `table` set the address is 0-based (0 to 65535); leave `table` out to write it 1-based like 40001",
             "28: modbus.device[1].point[2].type: a coil holds one bit: use type = \"bool\"",
             "34: modbus.device[1].point[3].type: `f16`: use bool, u16, i16, u32, i32, u64, i64, f32, f64, bit or string",
+        ]
+    );
+}
+
+#[test]
+fn lorawan_profiles_and_devices_parse_with_keys_from_the_environment() {
+    let src = r#"
+[gateway]
+id = "farm"
+
+[lorawan]
+region = "us915"
+net_id = "000013"
+
+[[lorawan.profile]]
+name = "soil"
+codec = "layout"
+port = 2
+command_port = 20
+[[lorawan.profile.field]]
+metric = "moisture_pct"
+byte = 0
+type = "u16"
+scale = 0.1
+[[lorawan.profile.field]]
+metric = "soil_temp_c"
+byte = 2
+type = "i16"
+order = "little"
+scale = 0.01
+
+[[lorawan.device]]
+id = "soil-1"
+dev_eui = "0004A30B001C0530"
+profile = "soil"
+app_key = { env = "SOIL_1_KEY" }
+
+[[lorawan.device]]
+id = "gauge-2"
+dev_eui = "00-04-a3-0b-00-1c-05-31"
+dev_addr = "26011f3a"
+nwk_s_key = "7dfec149fda46090635d4c003e12106f"
+app_s_key = "e194266e4cb8a4d44215aed95f6f9843"
+"#;
+    let env = |v: &str| (v == "SOIL_1_KEY").then(|| "2b7e151628aed2a6abf7158809cf4f3c".to_owned());
+    let c = Config::parse(src, Path::new("f.toml"), &env).unwrap();
+    let lora = c.lorawan.unwrap();
+    assert_eq!(lora.listen, "127.0.0.1:1700".parse().unwrap());
+    assert_eq!((lora.network.region.as_str(), lora.network.net_id), ("US915", 0x13));
+    assert_eq!(lora.adapter.dedup_window, Duration::from_millis(200));
+    let [soil, gauge] = &lora.devices[..] else { panic!("two devices: {:?}", lora.devices) };
+    assert_eq!(
+        (soil.device.as_str(), soil.dev_eui.to_string(), soil.command_port),
+        ("soil-1", "0004a30b001c0530".into(), 20)
+    );
+    assert!(matches!(soil.activation, Activation::Otaa { join_eui: None, app_key } if app_key[0] == 0x2b));
+    assert!(matches!(&*soil.codec, Codec::Layout(l) if l.port == Some(2) && l.fields.len() == 2));
+    assert!(matches!(gauge.activation, Activation::Abp { dev_addr: 0x2601_1f3a, .. }));
+    assert_eq!(*gauge.codec, Codec::CayenneLpp, "the default profile");
+    assert!(!format!("{lora:?}").contains("7dfec149"), "keys never print");
+}
+
+#[test]
+fn lorawan_mistakes_are_explained() {
+    let src = r#"
+[gateway]
+id = "farm"
+
+[lorawan]
+listen = "0.0.0.0:1700"
+region = "AS923"
+
+[[lorawan.profile]]
+name = "p"
+codec = "layout"
+[[lorawan.profile.field]]
+metric = "level"
+byte = 0
+type = "u12"
+
+[[lorawan.device]]
+id = "a"
+dev_eui = "0102"
+profile = "nope"
+app_key = "00"
+
+[[lorawan.device]]
+id = "b"
+dev_eui = "0000000000000002"
+app_key = "000102030405060708090a0b0c0d0e0f"
+dev_addr = "26011f3a"
+"#;
+    let texts: Vec<String> = located(src).into_iter().map(|p| format!("{}: {}", p.0, p.2)).collect();
+    assert_eq!(
+        texts,
+        vec![
+            "6: lorawan.listen: the packet forwarder protocol has no authentication: beyond loopback, list the concentrators allowed in with `gateways = [\"<EUI>\", ...]`",
+            "7: lorawan.region: `AS923`: use \"EU868\" or \"US915\"",
+            "15: lorawan.profile[0].field[0].type: `u12`: use u8, i8, u16, i16, u24, i24, u32, i32 or f32",
+            "19: lorawan.device[0].dev_eui: `0102` is not an EUI of 16 hex digits",
+            "20: lorawan.device[0].profile: no profile `nope` (there are: cayenne_lpp, p)",
+            "21: lorawan.device[0].app_key: a key is 32 hex digits (16 bytes)",
+            "23: lorawan.device[1]: give `app_key` (OTAA), or `dev_addr`, `nwk_s_key` and `app_s_key` (ABP), not both",
         ]
     );
 }

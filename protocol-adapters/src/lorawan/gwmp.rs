@@ -368,3 +368,101 @@ pub fn pull_resp(version: u8, token: u16, txpk: &Txpk) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests;
+
+// The concentrator's side, for field-sim's packet forwarder and for tests: what a forwarder
+// sends, and reading what the server sends it.
+
+/// A datagram the server sends a concentrator.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Downstream {
+    PushAck { version: u8, token: u16 },
+    PullAck { version: u8, token: u16 },
+    PullResp { version: u8, token: u16, txpk: Txpk },
+}
+
+#[derive(Deserialize)]
+struct RawPullRespIn {
+    txpk: RawTxpkIn,
+}
+
+#[derive(Deserialize)]
+struct RawTxpkIn {
+    #[serde(default)]
+    imme: bool,
+    tmst: Option<u32>,
+    freq: f64,
+    #[serde(default)]
+    rfch: u8,
+    #[serde(default)]
+    powe: u8,
+    datr: DataRate,
+    #[serde(default)]
+    codr: String,
+    #[serde(default)]
+    ipol: bool,
+    data: String,
+}
+
+/// Read a datagram the server sent.
+pub fn decode_downstream(datagram: &[u8]) -> Result<Downstream, GwmpError> {
+    let (version, token, ident) = header(datagram, "header", 4)?;
+    match ident {
+        PUSH_ACK => Ok(Downstream::PushAck { version, token }),
+        PULL_ACK => Ok(Downstream::PullAck { version, token }),
+        PULL_RESP => {
+            let raw: RawPullRespIn =
+                serde_json::from_slice(&datagram[4..]).map_err(|e| GwmpError::Json(e.to_string()))?;
+            let t = raw.txpk;
+            let data = BASE64.decode(t.data.as_bytes()).map_err(|e| GwmpError::Base64(e.to_string()))?;
+            let txpk = Txpk {
+                imme: t.imme,
+                tmst: t.tmst,
+                freq: t.freq,
+                rfch: t.rfch,
+                powe: t.powe,
+                datr: t.datr,
+                codr: t.codr,
+                ipol: t.ipol,
+                data,
+            };
+            Ok(Downstream::PullResp { version, token, txpk })
+        }
+        other => Err(GwmpError::UnexpectedIdentifier(other)),
+    }
+}
+
+fn upstream(version: u8, token: u16, ident: u8, gateway: Eui64) -> Vec<u8> {
+    let mut out = ack(version, token, ident).to_vec();
+    out.extend_from_slice(&gateway.0);
+    out
+}
+
+/// A PUSH_DATA carrying `packets` (CRC good, LoRa).
+pub fn push_data(version: u8, token: u16, gateway: Eui64, packets: &[Rxpk]) -> Vec<u8> {
+    let rxpk: Vec<serde_json::Value> = packets
+        .iter()
+        .map(|p| {
+            serde_json::json!({
+                "tmst": p.tmst, "freq": p.freq, "chan": p.chan.unwrap_or(0), "rfch": p.rfch.unwrap_or(0),
+                "stat": p.stat, "modu": p.modu, "datr": p.datr, "codr": p.codr.as_deref().unwrap_or("4/5"),
+                "rssi": p.rssi, "lsnr": p.lsnr.unwrap_or(0.0), "size": p.data.len(), "data": BASE64.encode(&p.data),
+            })
+        })
+        .collect();
+    let mut out = upstream(version, token, PUSH_DATA, gateway);
+    serde_json::to_writer(&mut out, &serde_json::json!({ "rxpk": rxpk })).expect("JSON serializes");
+    out
+}
+
+/// A PULL_DATA (the forwarder's keep-alive).
+pub fn pull_data(version: u8, token: u16, gateway: Eui64) -> Vec<u8> {
+    upstream(version, token, PULL_DATA, gateway)
+}
+
+/// A TX_ACK for the PULL_RESP with `token`: `error` `None` for sent.
+pub fn tx_ack(version: u8, token: u16, gateway: Eui64, error: Option<&str>) -> Vec<u8> {
+    let mut out = upstream(version, token, TX_ACK, gateway);
+    let body = serde_json::json!({ "txpk_ack": { "error": error.unwrap_or("NONE") } });
+    serde_json::to_writer(&mut out, &body).expect("JSON serializes");
+    out
+}

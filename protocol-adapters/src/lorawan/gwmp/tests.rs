@@ -134,3 +134,53 @@ proptest! {
         let _ = decode(&datagram(version, token, PUSH_DATA, &format!("{{\"rxpk\":[{json}]}}")));
     }
 }
+
+#[test]
+fn the_forwarders_side_round_trips_through_the_servers_side() {
+    let gw = Eui64(GW);
+    let packet = Rxpk {
+        tmst: 77,
+        time: None,
+        freq: 868.3,
+        chan: Some(1),
+        rfch: Some(0),
+        stat: 1,
+        modu: "LORA".into(),
+        datr: DataRate::Lora("SF7BW125".into()),
+        codr: Some("4/5".into()),
+        rssi: -61,
+        lsnr: Some(9.25),
+        data: vec![0x40, 1, 2, 3],
+    };
+    let Upstream::PushData { token, gateway, data, .. } =
+        decode(&push_data(2, 9, gw, std::slice::from_ref(&packet))).unwrap()
+    else {
+        panic!("not a PUSH_DATA")
+    };
+    assert_eq!((token, gateway), (9, gw));
+    assert_eq!(data.rxpk, vec![Ok(packet)]);
+    assert_eq!(
+        decode(&pull_data(2, 10, gw)).unwrap(),
+        Upstream::PullData { version: 2, token: 10, gateway: gw }
+    );
+    let Upstream::TxAck { error, .. } = decode(&tx_ack(2, 11, gw, Some("TOO_LATE"))).unwrap() else {
+        panic!()
+    };
+    assert_eq!(error.as_deref(), Some("TOO_LATE"));
+    let txpk = Txpk {
+        imme: false,
+        tmst: Some(5_000_077),
+        freq: 869.525,
+        rfch: 0,
+        powe: 14,
+        datr: DataRate::Lora("SF12BW125".into()),
+        codr: "4/5".into(),
+        ipol: true,
+        data: vec![0x20, 9, 9],
+    };
+    assert_eq!(
+        decode_downstream(&pull_resp(2, 12, &txpk)).unwrap(),
+        Downstream::PullResp { version: 2, token: 12, txpk }
+    );
+    assert_eq!(decode_downstream(&push_ack(2, 13)).unwrap(), Downstream::PushAck { version: 2, token: 13 });
+}

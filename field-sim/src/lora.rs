@@ -1,0 +1,219 @@
+//! Simulated LoRaWAN: class A end devices (OTAA or ABP) that build their frames with the same
+//! pure code the gateway reads them with, and a packet forwarder that carries them to the
+//! gateway over the Semtech UDP protocol (version 2) as a concentrator would.
+
+use fieldgate_adapters::lorawan::codec::Codec;
+use fieldgate_adapters::lorawan::gwmp::{self, DataRate, Downstream, Eui64, Rxpk, Txpk};
+use fieldgate_adapters::lorawan::join;
+use fieldgate_adapters::lorawan::mac::{self, Frame, FrameError, SessionKeys, Uplink};
+use fieldgate_proto::Metric;
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::net::UdpSocket;
+
+/// A class A end device.
+#[derive(Debug, Clone)]
+pub struct Device {
+    pub id: String,
+    pub dev_eui: Eui64,
+    pub join_eui: Eui64,
+    pub app_key: [u8; 16],
+    pub codec: Codec,
+    /// Address and keys once joined (or from the start, for ABP).
+    pub session: Option<(u32, SessionKeys)>,
+    /// The counter of the next uplink.
+    pub fcnt_up: u32,
+    next_nonce: u16,
+    pending_nonce: Option<u16>,
+    last_down: Option<u32>,
+}
+
+impl Device {
+    /// A device that joins over the air; `first_nonce` is its first DevNonce.
+    pub fn otaa(id: &str, dev_eui: Eui64, app_key: [u8; 16], codec: Codec, first_nonce: u16) -> Self {
+        Device {
+            id: id.to_owned(),
+            dev_eui,
+            join_eui: Eui64([0; 8]),
+            app_key,
+            codec,
+            session: None,
+            fcnt_up: 0,
+            next_nonce: first_nonce,
+            pending_nonce: None,
+            last_down: None,
+        }
+    }
+
+    /// A device personalised with an address and session keys.
+    pub fn abp(id: &str, dev_eui: Eui64, dev_addr: u32, keys: SessionKeys, codec: Codec) -> Self {
+        let mut d = Device::otaa(id, dev_eui, [0; 16], codec, 0);
+        d.session = Some((dev_addr, keys));
+        d
+    }
+
+    /// The next JoinRequest (each with a fresh DevNonce).
+    pub fn join_request(&mut self) -> Vec<u8> {
+        let nonce = self.next_nonce;
+        self.next_nonce = self.next_nonce.wrapping_add(1);
+        self.pending_nonce = Some(nonce);
+        join::request(self.join_eui, self.dev_eui, nonce, &self.app_key)
+    }
+
+    /// Take the JoinAccept answering the last JoinRequest: the device has a session.
+    pub fn join_accept(&mut self, phy: &[u8]) -> Result<u32, FrameError> {
+        let nonce = self.pending_nonce.ok_or(FrameError::NotDataUplink("join accept without a request"))?;
+        let (addr, keys) = join::open_accept(phy, &self.app_key, nonce)?;
+        self.session = Some((addr, keys));
+        self.fcnt_up = 0;
+        self.last_down = None;
+        Ok(addr)
+    }
+
+    /// The next uplink carrying `values`, encoded with the device's codec.
+    pub fn uplink(&mut self, values: &[(Metric, f64)], port: u8, confirmed: bool) -> Vec<u8> {
+        let payload = self.codec.encode(values).expect("the simulated values fit the codec");
+        self.frame(&payload, &[], Some(port), confirmed)
+    }
+
+    /// The next uplink with these MAC commands in FOpts and no payload.
+    pub fn mac_uplink(&mut self, f_opts: &[u8]) -> Vec<u8> {
+        self.frame(&[], f_opts, None, false)
+    }
+
+    fn frame(&mut self, payload: &[u8], f_opts: &[u8], f_port: Option<u8>, confirmed: bool) -> Vec<u8> {
+        let (dev_addr, keys) = self.session.clone().expect("joined or personalised");
+        let frame = Frame {
+            dev_addr,
+            fcnt: self.fcnt_up,
+            uplink: true,
+            confirmed,
+            adr: true,
+            f_opts,
+            f_port,
+            payload,
+            ..Frame::default()
+        };
+        self.fcnt_up += 1;
+        mac::build(&frame, &keys).expect("a frame within limits")
+    }
+
+    /// Read a downlink addressed to this device (its counter must move forward).
+    pub fn downlink(&mut self, phy: &[u8]) -> Result<Uplink, FrameError> {
+        let (_, keys) = self.session.as_ref().ok_or(FrameError::BadMic)?;
+        let down = mac::verify_downlink(phy, keys, self.last_down)?;
+        self.last_down = Some(down.fcnt);
+        Ok(down)
+    }
+}
+
+/// A concentrator running the packet forwarder (protocol version 2), on one UDP socket.
+#[derive(Debug)]
+pub struct Forwarder {
+    pub eui: Eui64,
+    socket: UdpSocket,
+    token: u16,
+    /// The concentrator's microsecond counter, advanced per packet.
+    tmst: u32,
+    /// Datagrams received and not yet asked for.
+    inbox: VecDeque<Downstream>,
+    /// Answer PULL_RESPs with this TX_ACK error (`None`: sent).
+    pub tx_error: Option<String>,
+}
+
+impl Forwarder {
+    /// A forwarder on a loopback port of its own, sending to `server`.
+    pub async fn connect(eui: Eui64, server: SocketAddr) -> io::Result<Self> {
+        let socket = UdpSocket::bind((server.ip(), 0)).await?;
+        socket.connect(server).await?;
+        Ok(Forwarder { eui, socket, token: 0, tmst: 1_000_000, inbox: VecDeque::new(), tx_error: None })
+    }
+
+    fn next_token(&mut self) -> u16 {
+        self.token = self.token.wrapping_add(1);
+        self.token
+    }
+
+    /// Send PULL_DATA (opening the downlink path) and wait for its PULL_ACK.
+    pub async fn pull(&mut self, timeout: Duration) -> io::Result<()> {
+        let token = self.next_token();
+        self.socket.send(&gwmp::pull_data(2, token, self.eui)).await?;
+        self.wait(timeout, |d| matches!(d, Downstream::PullAck { token: t, .. } if *t == token))
+            .await
+            .map(|_| ())
+    }
+
+    /// Send one packet as heard with `rssi`/`snr`; returns the PUSH_DATA's token and the
+    /// packet as sent.
+    pub async fn push(&mut self, phy: &[u8], rssi: i32, snr: f64) -> io::Result<(u16, Rxpk)> {
+        self.tmst = self.tmst.wrapping_add(1_000_003);
+        let rxpk = Rxpk {
+            tmst: self.tmst,
+            time: None,
+            freq: 868.1,
+            chan: Some(0),
+            rfch: Some(0),
+            stat: 1,
+            modu: "LORA".into(),
+            datr: DataRate::Lora("SF7BW125".into()),
+            codr: Some("4/5".into()),
+            rssi,
+            lsnr: Some(snr),
+            data: phy.to_vec(),
+        };
+        let token = self.next_token();
+        self.socket.send(&gwmp::push_data(2, token, self.eui, std::slice::from_ref(&rxpk))).await?;
+        Ok((token, rxpk))
+    }
+
+    /// Send raw bytes (tests of bad input).
+    pub async fn send_raw(&self, bytes: &[u8]) -> io::Result<()> {
+        self.socket.send(bytes).await.map(|_| ())
+    }
+
+    /// Wait for the PUSH_ACK of `token` (the gateway has made the packet's readings durable).
+    pub async fn push_ack(&mut self, token: u16, timeout: Duration) -> io::Result<()> {
+        self.wait(timeout, |d| matches!(d, Downstream::PushAck { token: t, .. } if *t == token))
+            .await
+            .map(|_| ())
+    }
+
+    /// Wait for the next PULL_RESP (a downlink to transmit); it is answered with a TX_ACK.
+    pub async fn pull_resp(&mut self, timeout: Duration) -> io::Result<Txpk> {
+        match self.wait(timeout, |d| matches!(d, Downstream::PullResp { .. })).await? {
+            Downstream::PullResp { txpk, .. } => Ok(txpk),
+            _ => unreachable!("matched above"),
+        }
+    }
+
+    /// Whether a PULL_RESP has arrived and not been taken yet (after a PUSH_ACK that followed
+    /// it, this says there was no downlink).
+    pub fn has_pull_resp(&self) -> bool {
+        self.inbox.iter().any(|d| matches!(d, Downstream::PullResp { .. }))
+    }
+
+    async fn wait(
+        &mut self,
+        timeout: Duration,
+        want: impl Fn(&Downstream) -> bool,
+    ) -> io::Result<Downstream> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(i) = self.inbox.iter().position(&want) {
+                return Ok(self.inbox.remove(i).expect("found"));
+            }
+            let mut buf = [0u8; 4096];
+            let len = tokio::time::timeout_at(deadline, self.socket.recv(&mut buf))
+                .await
+                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no answer from the gateway"))??;
+            let down = gwmp::decode_downstream(&buf[..len]).map_err(io::Error::other)?;
+            if let Downstream::PullResp { version, token, .. } = &down {
+                let ack = gwmp::tx_ack(*version, *token, self.eui, self.tx_error.as_deref());
+                self.socket.send(&ack).await?;
+            }
+            self.inbox.push_back(down);
+        }
+    }
+}

@@ -628,6 +628,44 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn a_damaged_lorawan_sessions_file_is_reported_and_not_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = r#"
+[gateway]
+id = "test"
+data_dir = "data"
+[http]
+listen = "127.0.0.1:0"
+[grpc]
+enabled = false
+[mqtt]
+enabled = false
+[lorawan]
+listen = "127.0.0.1:0"
+[[lorawan.device]]
+id = "soil-1"
+dev_eui = "0000000000000001"
+app_key = "000102030405060708090a0b0c0d0e0f"
+"#;
+        let c = Config::parse(text, &dir.path().join("f.toml"), &|_| None).unwrap();
+        let state = fieldgate_store::state::path(&c.gateway.data_dir, LORAWAN_STATE);
+        std::fs::create_dir_all(state.parent().unwrap()).unwrap();
+        std::fs::write(&state, b"fieldgate-lorawan-state v1 crc32=00000000\n{}").unwrap();
+        let shutdown = CancellationToken::new();
+        let running = start(c, shutdown.clone()).await.unwrap();
+        let health = running.health().snapshot();
+        let lorawan = &health.components["lorawan"];
+        assert_eq!(lorawan.status, Status::Down);
+        assert!(lorawan.detail.contains("is not trusted: the file's checksum does not match"), "{}", lorawan.detail);
+        assert_eq!(health.components["store"].status, Status::Up, "the rest of the gateway runs");
+        assert!(state.exists(), "left for the operator, not overwritten");
+        let waiter = tokio::spawn(running.wait());
+        shutdown.cancel();
+        waiter.await.unwrap().unwrap();
+        assert_eq!(std::fs::read(&state).unwrap(), b"fieldgate-lorawan-state v1 crc32=00000000\n{}");
+    }
+
     fn reading(device: &str, ts: fieldgate_proto::Timestamp, value: f64) -> fieldgate_proto::Reading {
         fieldgate_proto::Reading {
             device: fieldgate_proto::DeviceId::new(device).unwrap(),

@@ -236,15 +236,12 @@ pub fn build(frame: &Frame<'_>, keys: &SessionKeys) -> Result<Vec<u8>, FrameErro
 /// The FRMPayload cipher of LoRaWAN 1.0 (AES in counter mode over the `A_i` blocks); the same
 /// operation encrypts and decrypts.
 fn crypt(data: &[u8], key: &[u8; 16], uplink: bool, dev_addr: u32, fcnt: u32) -> Vec<u8> {
-    use aes::cipher::{BlockEncrypt, KeyInit};
-    let aes = aes::Aes128::new(key.into());
     let mut out = Vec::with_capacity(data.len());
     for (i, chunk) in data.chunks(16).enumerate() {
         let mut a = block(0x01, uplink, dev_addr, fcnt);
         a[15] = (i + 1) as u8;
-        let mut block = aes::Block::from(a);
-        aes.encrypt_block(&mut block);
-        out.extend(chunk.iter().zip(block.iter()).map(|(d, k)| d ^ k));
+        let keystream = aes_block(key, a);
+        out.extend(chunk.iter().zip(keystream.iter()).map(|(d, k)| d ^ k));
     }
     out
 }
@@ -261,14 +258,28 @@ fn block(first: u8, uplink: bool, dev_addr: u32, fcnt: u32) -> [u8; 16] {
 
 /// The MIC of a data frame: the first 4 bytes of AES-CMAC over `B_0 | msg`.
 fn data_mic(msg: &[u8], nwk_s_key: &[u8; 16], uplink: bool, dev_addr: u32, fcnt: u32) -> [u8; 4] {
-    use cmac::Mac;
     let mut b0 = block(0x49, uplink, dev_addr, fcnt);
     b0[15] = msg.len() as u8;
-    let mut mac = <cmac::Cmac<aes::Aes128> as cmac::digest::KeyInit>::new(nwk_s_key.into());
-    mac.update(&b0);
-    mac.update(msg);
-    let tag = mac.finalize().into_bytes();
+    let tag = aes_cmac(nwk_s_key, &[&b0, msg]);
     [tag[0], tag[1], tag[2], tag[3]]
+}
+
+/// AES-CMAC (RFC 4493) over the concatenation of `parts`.
+fn aes_cmac(key: &[u8; 16], parts: &[&[u8]]) -> [u8; 16] {
+    use cmac::Mac;
+    let mut mac = <cmac::Cmac<aes::Aes128> as cmac::digest::KeyInit>::new(key.into());
+    for part in parts {
+        mac.update(part);
+    }
+    mac.finalize().into_bytes().into()
+}
+
+/// One AES-128 block encryption, the keystream step of [`crypt`].
+fn aes_block(key: &[u8; 16], input: [u8; 16]) -> [u8; 16] {
+    use aes::cipher::{BlockEncrypt, KeyInit};
+    let mut block = aes::Block::from(input);
+    aes::Aes128::new(key.into()).encrypt_block(&mut block);
+    block.into()
 }
 
 /// The message type of a PHYPayload, for logs, if it has one.

@@ -1,6 +1,7 @@
 //! `field-sim`: simulated farm devices that speak the real protocols to a fieldgate gateway.
 #![allow(clippy::print_stdout)]
 
+mod lora_sim;
 mod modbus;
 mod sensors;
 
@@ -45,6 +46,25 @@ enum Command {
         #[arg(long, default_value = "1s")]
         poll: String,
     },
+    /// Simulated LoRaWAN soil probes (Cayenne LPP) that join a fieldgate gateway over the air
+    /// through simulated packet forwarders and report every `--interval`. With
+    /// `--gateway-config FILE`, write the gateway's `[[lorawan.device]]` sections and exit.
+    Lora {
+        /// The gateway's `[lorawan] listen` address.
+        #[arg(long, default_value = "127.0.0.1:1700")]
+        gateway: std::net::SocketAddr,
+        #[arg(long, default_value_t = 5)]
+        devices: usize,
+        /// Simulated concentrators (every other frame is heard by two when there are two).
+        #[arg(long, default_value_t = 2)]
+        concentrators: usize,
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        interval: std::time::Duration,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long)]
+        gateway_config: Option<std::path::PathBuf>,
+    },
 }
 
 fn main() -> std::io::Result<()> {
@@ -57,6 +77,13 @@ fn main() -> std::io::Result<()> {
         Command::Modbus { bins, tanks, weather, listen, speed, seed, gateway_config, poll } => {
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             runtime.block_on(serve_modbus(bins, tanks, weather, listen, speed, seed, gateway_config, &poll))
+        }
+        Command::Lora { gateway, devices, concentrators, interval, seed, gateway_config } => {
+            if let Some(path) = gateway_config {
+                return std::fs::write(path, lora_sim::gateway_config(devices, seed));
+            }
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(lora_sim::run(gateway, devices, concentrators, interval, seed))
         }
     }
 }

@@ -184,6 +184,11 @@ impl Validator {
                 self.problem(&format!("{path}.name"), format!("`{}` is already a profile", p.name));
                 continue;
             }
+            for (key, port) in [("port", p.port), ("command_port", Some(p.command_port))] {
+                if port.is_some_and(|n| !(1..=223).contains(&n)) {
+                    self.problem(&format!("{path}.{key}"), "application ports are 1 to 223");
+                }
+            }
             let name = p.name.clone();
             if let Some(codec) = self.profile(&path, p.codec.as_str(), p.port, p.fields) {
                 profiles.insert(name, (Arc::new(codec), p.command_port));

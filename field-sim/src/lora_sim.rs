@@ -71,7 +71,13 @@ pub(crate) async fn run(
     let mut probes: Vec<Device> = (0..devices)
         .map(|i| {
             let nonce = (seed as u16).wrapping_mul(7919).wrapping_add(i as u16 * 101);
-            Device::otaa(&format!("soil-{:04}", i + 1), dev_eui(i), app_key(seed, i), Codec::CayenneLpp, nonce)
+            Device::otaa(
+                &format!("soil-{:04}", i + 1),
+                dev_eui(i),
+                app_key(seed, i),
+                Codec::CayenneLpp,
+                nonce,
+            )
         })
         .collect();
     for probe in &mut probes {
@@ -87,7 +93,10 @@ pub(crate) async fn run(
             }
         }
     }
-    println!("{}", serde_json::json!({"ready": true, "joined": probes.len(), "gateway": gateway.to_string()}));
+    println!(
+        "{}",
+        serde_json::json!({"ready": true, "joined": probes.len(), "gateway": gateway.to_string()})
+    );
     let start = std::time::Instant::now();
     let mut tick = tokio::time::interval(interval);
     for round in 0u64.. {

@@ -657,7 +657,11 @@ app_key = "000102030405060708090a0b0c0d0e0f"
         let health = running.health().snapshot();
         let lorawan = &health.components["lorawan"];
         assert_eq!(lorawan.status, Status::Down);
-        assert!(lorawan.detail.contains("is not trusted: the file's checksum does not match"), "{}", lorawan.detail);
+        assert!(
+            lorawan.detail.contains("is not trusted: the file's checksum does not match"),
+            "{}",
+            lorawan.detail
+        );
         assert_eq!(health.components["store"].status, Status::Up, "the rest of the gateway runs");
         assert!(state.exists(), "left for the operator, not overwritten");
         let waiter = tokio::spawn(running.wait());

@@ -29,6 +29,13 @@ impl Source {
     /// Every source, in a stable order (for metrics labels and reports).
     pub const ALL: [Source; 3] = [Source::Mqtt, Source::Modbus, Source::Lorawan];
 
+    /// Whether the protocol may deliver the same reading twice (an MQTT broker redelivers
+    /// unacknowledged messages after a crash), so the store must recognise repeats. Modbus
+    /// readings are made once per poll, and LoRaWAN frames are accepted once by their counter.
+    pub const fn may_redeliver(self) -> bool {
+        matches!(self, Source::Mqtt)
+    }
+
     /// The lowercase name used in config, metrics labels and Parquet.
     pub const fn as_str(self) -> &'static str {
         match self {

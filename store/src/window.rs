@@ -21,15 +21,16 @@
 //!   after a crash, however many were in flight, is either recognised (its window is open) or
 //!   late (its window closed, so it was counted then): never counted twice. The cost is 8 bytes
 //!   per reading of the open finest windows (a 1 Hz series with 1 min windows: about 1 KB).
-//!   Modbus readings are exempt: the gateway makes them itself, one per point per poll, with
-//!   the time of the answer, and no protocol redelivers them, so there is nothing to
-//!   recognise. That saves the kilobyte for each of the thousands of series a large Modbus
-//!   site polls.
+//!   Only sources that redeliver ([`Source::may_redeliver`]: MQTT) are checked. Modbus
+//!   readings are made by the gateway itself, one per point per poll; a LoRaWAN frame is
+//!   accepted once by its frame counter, which the network server keeps across restarts. So
+//!   there is nothing to recognise, and the kilobyte per series is saved for the thousands of
+//!   series a large Modbus or LoRaWAN site has.
 //! - NaN and infinite values, bad-quality readings and timestamps beyond `max_clock_skew` ahead
 //!   of arrival are not aggregated, and each is counted.
 
 use crate::codec::{Dec, Enc, Malformed};
-use fieldgate_proto::{DeviceId, Metric, NameMap, Quality, Reading, Source, Timestamp};
+use fieldgate_proto::{DeviceId, Metric, NameMap, Quality, Reading, Timestamp};
 use std::collections::VecDeque;
 use std::time::Duration;
 
@@ -259,7 +260,7 @@ impl Windows {
                 out.late.iter_mut().for_each(|l| *l += 1);
                 continue;
             }
-            if r.source != Source::Modbus && !s.remember(ts) {
+            if r.source.may_redeliver() && !s.remember(ts) {
                 out.duplicate += 1;
                 continue;
             }

@@ -75,7 +75,13 @@ fn main() {
     ];
     let mut fleet: Vec<Device> = (0..devices)
         .map(|i| {
-            Device::abp(&format!("probe-{i:05}"), Eui64([0; 8]), 0x2600_0000 + i as u32, keys(i), Codec::CayenneLpp)
+            Device::abp(
+                &format!("probe-{i:05}"),
+                Eui64([0; 8]),
+                0x2600_0000 + i as u32,
+                keys(i),
+                Codec::CayenneLpp,
+            )
         })
         .collect();
     // Each device is heard by one concentrator, so its frames arrive in order (a device sends

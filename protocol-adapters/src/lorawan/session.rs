@@ -114,8 +114,15 @@ struct SavedQueued {
     payload: String,
 }
 
+/// Lowercase hex digits of `bytes` (by table: the sessions file is written often).
 pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    s
 }
 
 /// Bytes from hex digits (`:` and `-` separators allowed).
@@ -161,7 +168,7 @@ pub fn encode(devices: &[DeviceConfig], states: &[DeviceState]) -> Vec<u8> {
                     join_nonce: s.join_nonce,
                     queue,
                 };
-                (d.dev_eui.to_string(), dev)
+                (hex(&d.dev_eui.0), dev)
             })
             .collect(),
     };

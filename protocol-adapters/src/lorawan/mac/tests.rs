@@ -105,7 +105,11 @@ proptest! {
 }
 
 fn hex16(s: &str) -> [u8; 16] {
-    (0..16).map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap()).collect::<Vec<_>>().try_into().unwrap()
+    (0..16)
+        .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap())
+        .collect::<Vec<_>>()
+        .try_into()
+        .unwrap()
 }
 
 /// The LoRaWAN 1.0.x specification defines the MIC as AES-CMAC (RFC 4493) and the FRMPayload

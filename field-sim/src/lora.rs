@@ -188,6 +188,37 @@ impl Forwarder {
         }
     }
 
+    /// The tokens of every PUSH_ACK received so far and not yet asked for, without waiting
+    /// (what arrived before the gateway went away).
+    pub fn take_push_acks(&mut self) -> Vec<u16> {
+        use std::io::Read;
+        let mut buf = [0u8; 4096];
+        // Read the socket directly: tokio's `try_recv` answers "would block" until its reactor
+        // has seen the socket readable, even with datagrams waiting.
+        let socket = socket2::SockRef::from(&self.socket);
+        loop {
+            match (&*socket).read(&mut buf) {
+                Ok(len) => {
+                    if let Ok(down) = gwmp::decode_downstream(&buf[..len]) {
+                        self.inbox.push_back(down);
+                    }
+                }
+                // The gateway's port closed (an ICMP error, reported once): read on.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
+                Err(_) => break,
+            }
+        }
+        let mut tokens = Vec::new();
+        self.inbox.retain(|d| match d {
+            Downstream::PushAck { token, .. } => {
+                tokens.push(*token);
+                false
+            }
+            _ => true,
+        });
+        tokens
+    }
+
     /// Whether a PULL_RESP has arrived and not been taken yet (after a PUSH_ACK that followed
     /// it, this says there was no downlink).
     pub fn has_pull_resp(&self) -> bool {

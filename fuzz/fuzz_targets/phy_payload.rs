@@ -43,7 +43,12 @@ fuzz_target!(|data: &[u8]| {
     let _ = join::verify_join(data, &[3; 16]);
     let _ = join::open_accept(data, &[3; 16], 1);
     let _ = Codec::CayenneLpp.decode(1, data);
-    let _ = codec::encode_lpp(data.first().copied().unwrap_or(0), data.get(1).copied().unwrap_or(0), &[1.0], &mut Vec::new());
+    let _ = codec::encode_lpp(
+        data.first().copied().unwrap_or(0),
+        data.get(1).copied().unwrap_or(0),
+        &[1.0],
+        &mut Vec::new(),
+    );
     let rxpk = Rxpk {
         tmst: 0,
         time: None,

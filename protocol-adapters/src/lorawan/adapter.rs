@@ -90,6 +90,8 @@ struct PendingAck {
     version: u8,
     token: u16,
     frames: usize,
+    /// A packet of it was not stored: no PUSH_ACK for it.
+    failed: bool,
 }
 
 /// A concentrator's downlink path (from its last PULL_DATA).
@@ -265,7 +267,7 @@ impl Adapter {
                 if frames == 0 {
                     send(&self.socket, &gwmp::push_ack(version, token), from).await;
                 } else {
-                    self.acks.insert(id, PendingAck { addr: from, version, token, frames });
+                    self.acks.insert(id, PendingAck { addr: from, version, token, frames, failed: false });
                 }
             }
         }
@@ -441,6 +443,7 @@ impl Adapter {
                 // Not acknowledged: the forwarder does not resend, and a confirmed uplink's
                 // device will repeat it.
                 tracing::warn!(error = %error, gateway = %frame.best.0, "lorawan: uplink not stored");
+                self.settle_failed(&frame.datagrams);
             }
             Done::Nothing => {}
         }
@@ -549,8 +552,24 @@ impl Adapter {
                 }
                 None => false,
             };
-            if done && let Some(p) = self.acks.remove(id) {
+            if done
+                && let Some(p) = self.acks.remove(id)
+                && !p.failed
+            {
                 send(&self.socket, &gwmp::push_ack(p.version, p.token), p.addr).await;
+            }
+        }
+    }
+
+    /// A frame of each of these datagrams could not be stored: they are not acknowledged.
+    fn settle_failed(&mut self, datagrams: &[u64]) {
+        for id in datagrams {
+            if let Some(p) = self.acks.get_mut(id) {
+                p.frames -= 1;
+                p.failed = true;
+                if p.frames == 0 {
+                    self.acks.remove(id);
+                }
             }
         }
     }

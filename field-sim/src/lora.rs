@@ -109,6 +109,24 @@ impl Device {
     }
 }
 
+/// `phy` as a concentrator reports it: heard at `tmst` on 868.1 MHz, SF7BW125, CRC good.
+pub fn received(phy: &[u8], tmst: u32, rssi: i32, snr: f64) -> Rxpk {
+    Rxpk {
+        tmst,
+        time: None,
+        freq: 868.1,
+        chan: Some(0),
+        rfch: Some(0),
+        stat: 1,
+        modu: "LORA".into(),
+        datr: DataRate::Lora("SF7BW125".into()),
+        codr: Some("4/5".into()),
+        rssi,
+        lsnr: Some(snr),
+        data: phy.to_vec(),
+    }
+}
+
 /// A concentrator running the packet forwarder (protocol version 2), on one UDP socket.
 #[derive(Debug)]
 pub struct Forwarder {
@@ -149,20 +167,7 @@ impl Forwarder {
     /// packet as sent.
     pub async fn push(&mut self, phy: &[u8], rssi: i32, snr: f64) -> io::Result<(u16, Rxpk)> {
         self.tmst = self.tmst.wrapping_add(1_000_003);
-        let rxpk = Rxpk {
-            tmst: self.tmst,
-            time: None,
-            freq: 868.1,
-            chan: Some(0),
-            rfch: Some(0),
-            stat: 1,
-            modu: "LORA".into(),
-            datr: DataRate::Lora("SF7BW125".into()),
-            codr: Some("4/5".into()),
-            rssi,
-            lsnr: Some(snr),
-            data: phy.to_vec(),
-        };
+        let rxpk = received(phy, self.tmst, rssi, snr);
         let token = self.next_token();
         self.socket.send(&gwmp::push_data(2, token, self.eui, std::slice::from_ref(&rxpk))).await?;
         Ok((token, rxpk))

@@ -12,9 +12,9 @@
 //! number of uplinks sent, and the concentrators sending them).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)] // a benchmark binary
 
-use field_sim::lora::Device;
+use field_sim::lora::{Device, received};
 use fieldgate_adapters::lorawan::codec::Codec;
-use fieldgate_adapters::lorawan::gwmp::{self, DataRate, Downstream, Eui64, Rxpk};
+use fieldgate_adapters::lorawan::gwmp::{self, Downstream, Eui64, Rxpk};
 use fieldgate_adapters::lorawan::mac::SessionKeys;
 use fieldgate_proto::Metric;
 use fieldgate_tests::{GatewayProcess, cpu_seconds, metric, rss_mib, wait_metric, write_config};
@@ -131,23 +131,7 @@ async fn forward(eui: Eui64, server: SocketAddr, frames: Vec<Vec<u8>>) {
         .chunks(PER_DATAGRAM)
         .enumerate()
         .map(|(n, chunk)| {
-            let packets: Vec<Rxpk> = chunk
-                .iter()
-                .map(|phy| Rxpk {
-                    tmst: n as u32,
-                    time: None,
-                    freq: 868.1,
-                    chan: Some(0),
-                    rfch: Some(0),
-                    stat: 1,
-                    modu: "LORA".into(),
-                    datr: DataRate::Lora("SF7BW125".into()),
-                    codr: Some("4/5".into()),
-                    rssi: -80,
-                    lsnr: Some(7.0),
-                    data: phy.clone(),
-                })
-                .collect();
+            let packets: Vec<Rxpk> = chunk.iter().map(|phy| received(phy, n as u32, -80, 7.0)).collect();
             gwmp::push_data(2, n as u16, eui, &packets)
         })
         .collect();

@@ -9,8 +9,8 @@ use fieldgate_adapters::lorawan::gwmp::Eui64;
 use fieldgate_adapters::lorawan::mac::SessionKeys;
 use fieldgate_proto::{Metric, v1};
 use fieldgate_tests::{
-    EVENT_TIMEOUT, GatewayProcess, free_port, http_get, metric, recorded_values, send_command, wait_health,
-    wait_metric, write_config,
+    EVENT_TIMEOUT, GatewayProcess, free_udp_port, http_get, metric, recorded_values, send_command,
+    wait_health, wait_metric, write_config,
 };
 use std::net::SocketAddr;
 
@@ -47,12 +47,7 @@ fn temperature(value: f64) -> Vec<(Metric, f64)> {
 fn joins_uplinks_replays_acks_and_commands_over_real_udp() {
     let dir = tempfile::tempdir().unwrap();
     // A port that stays free across the restart below (taken below the ephemeral range).
-    let port = loop {
-        let p = free_port();
-        if std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok() {
-            break p;
-        }
-    };
+    let port = free_udp_port();
     let lora = format!(
         r#"
 [store]
@@ -234,12 +229,7 @@ app_s_key = "22222222222222222222222222222222"
 #[test]
 fn a_gateway_killed_mid_stream_keeps_every_acknowledged_uplink_and_reopens_no_replay() {
     let dir = tempfile::tempdir().unwrap();
-    let port = loop {
-        let p = free_port();
-        if std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok() {
-            break p;
-        }
-    };
+    let port = free_udp_port();
     let lora = format!(
         "[store]\nrecordings = true\n\n[lorawan]\nlisten = \"127.0.0.1:{port}\"\ndedup_window = \"0s\"\n\n\
          [[lorawan.device]]\nid = \"gauge-2\"\ndev_eui = \"{GAUGE_EUI}\"\ndev_addr = \"{GAUGE_ADDR:08x}\"\n\

@@ -593,42 +593,51 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     (f[0] + f[1]) / 100.0
 }
 
-/// (device, metric, window_start, count, sum) of every rollup row of one window size, read
-/// from the Parquet files under `data_dir`.
-pub fn rollup_rows(data_dir: &Path, window: &str) -> Vec<(String, String, i64, u64, f64)> {
-    use arrow_array::Array;
-    use arrow_array::cast::AsArray;
-    use arrow_array::types::{Float64Type, Int32Type, TimestampNanosecondType, UInt64Type};
-    let mut rows = Vec::new();
-    let dir = data_dir.join(fieldgate_store::layout::ROLLUPS).join(format!("window={window}"));
-    for (path, _, _) in fieldgate_store::layout::parts(&dir) {
+/// Every record batch of the Parquet part files in `dir`.
+fn parquet_batches(dir: &Path) -> Vec<arrow_array::RecordBatch> {
+    let mut batches = Vec::new();
+    for (path, _, _) in fieldgate_store::layout::parts(dir) {
         let file = std::fs::File::open(&path).unwrap();
         let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
             .unwrap()
             .build()
             .unwrap();
-        for batch in reader {
-            let b = batch.unwrap();
-            let strings = |name: &str| -> Vec<String> {
-                let dict =
-                    arrow_array::cast::as_dictionary_array::<Int32Type>(b.column_by_name(name).unwrap());
-                let values = dict.values().as_string::<i32>();
-                dict.keys().iter().map(|k| values.value(k.unwrap() as usize).to_owned()).collect()
-            };
-            let (devices, metrics) = (strings("device"), strings("metric"));
-            let starts = b.column_by_name("window_start").unwrap().as_primitive::<TimestampNanosecondType>();
-            let counts = b.column_by_name("count").unwrap().as_primitive::<UInt64Type>();
-            let sums = b.column_by_name("sum").unwrap().as_primitive::<Float64Type>();
-            for i in 0..b.num_rows() {
-                assert!(!starts.is_null(i));
-                rows.push((
-                    devices[i].clone(),
-                    metrics[i].clone(),
-                    starts.value(i),
-                    counts.value(i),
-                    sums.value(i),
-                ));
-            }
+        batches.extend(reader.map(Result::unwrap));
+    }
+    batches
+}
+
+/// The values of a dictionary-encoded string column (device, metric).
+fn dictionary_strings(b: &arrow_array::RecordBatch, name: &str) -> Vec<String> {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::Int32Type;
+    let dict = arrow_array::cast::as_dictionary_array::<Int32Type>(b.column_by_name(name).unwrap());
+    let values = dict.values().as_string::<i32>();
+    dict.keys().iter().map(|k| values.value(k.unwrap() as usize).to_owned()).collect()
+}
+
+/// (device, metric, window_start, count, sum) of every rollup row of one window size, read
+/// from the Parquet files under `data_dir`.
+pub fn rollup_rows(data_dir: &Path, window: &str) -> Vec<(String, String, i64, u64, f64)> {
+    use arrow_array::Array;
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{Float64Type, TimestampNanosecondType, UInt64Type};
+    let mut rows = Vec::new();
+    let dir = data_dir.join(fieldgate_store::layout::ROLLUPS).join(format!("window={window}"));
+    for b in parquet_batches(&dir) {
+        let (devices, metrics) = (dictionary_strings(&b, "device"), dictionary_strings(&b, "metric"));
+        let starts = b.column_by_name("window_start").unwrap().as_primitive::<TimestampNanosecondType>();
+        let counts = b.column_by_name("count").unwrap().as_primitive::<UInt64Type>();
+        let sums = b.column_by_name("sum").unwrap().as_primitive::<Float64Type>();
+        for i in 0..b.num_rows() {
+            assert!(!starts.is_null(i));
+            rows.push((
+                devices[i].clone(),
+                metrics[i].clone(),
+                starts.value(i),
+                counts.value(i),
+                sums.value(i),
+            ));
         }
     }
     rows
@@ -780,32 +789,28 @@ impl Drop for SerialPair {
 /// (device, metric, value) of every raw reading in the recordings under `data_dir`.
 pub fn recorded_values(data_dir: &Path) -> Vec<(String, String, f64)> {
     use arrow_array::cast::AsArray;
-    use arrow_array::types::{Float64Type, Int32Type};
+    use arrow_array::types::Float64Type;
     let mut rows = Vec::new();
-    let root = data_dir.join(fieldgate_store::layout::RECORDINGS);
-    let Ok(days) = std::fs::read_dir(&root) else { return rows };
+    let Ok(days) = std::fs::read_dir(data_dir.join(fieldgate_store::layout::RECORDINGS)) else { return rows };
     for day in days {
-        for (path, _, _) in fieldgate_store::layout::parts(&day.unwrap().path()) {
-            let file = std::fs::File::open(&path).unwrap();
-            let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-                .unwrap()
-                .build()
-                .unwrap();
-            for batch in reader {
-                let b = batch.unwrap();
-                let strings = |name: &str| -> Vec<String> {
-                    let dict =
-                        arrow_array::cast::as_dictionary_array::<Int32Type>(b.column_by_name(name).unwrap());
-                    let values = dict.values().as_string::<i32>();
-                    dict.keys().iter().map(|k| values.value(k.unwrap() as usize).to_owned()).collect()
-                };
-                let (devices, metrics) = (strings("device"), strings("metric"));
-                let values = b.column_by_name("value").unwrap().as_primitive::<Float64Type>();
-                for i in 0..b.num_rows() {
-                    rows.push((devices[i].clone(), metrics[i].clone(), values.value(i)));
-                }
+        for b in parquet_batches(&day.unwrap().path()) {
+            let (devices, metrics) = (dictionary_strings(&b, "device"), dictionary_strings(&b, "metric"));
+            let values = b.column_by_name("value").unwrap().as_primitive::<Float64Type>();
+            for i in 0..b.num_rows() {
+                rows.push((devices[i].clone(), metrics[i].clone(), values.value(i)));
             }
         }
     }
     rows
+}
+
+/// A loopback port free for both UDP and TCP right now, below the ephemeral range (see
+/// [`free_port`]), for a UDP server that must come back on the same port after a restart.
+pub fn free_udp_port() -> u16 {
+    loop {
+        let port = free_port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }

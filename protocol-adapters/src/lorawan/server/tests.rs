@@ -238,3 +238,22 @@ fn state_survives_a_save_and_a_damaged_file_is_refused() {
     assert!(matches!(session::decode(&damaged, &devices()), Err(StateError::Checksum)));
     assert!(matches!(session::decode(b"{}", &devices()), Err(StateError::NoHeader)));
 }
+
+#[test]
+fn mac_commands_on_port_0_are_read_with_the_network_key() {
+    let mut s = server();
+    let keys = abp_keys();
+    // Port 0: the FRMPayload holds MAC commands, encrypted with the NwkSKey, not the AppSKey.
+    let frame = Frame {
+        dev_addr: ABP_ADDR,
+        fcnt: 1,
+        uplink: true,
+        f_port: Some(0),
+        payload: &[0x02],
+        ..Frame::default()
+    };
+    let a = accepted(&mut s, &mac::build(&frame, &keys).unwrap()).unwrap();
+    assert_eq!(a.downlink.unwrap().f_opts, vec![0x02, 16, 2], "LinkCheckReq answered");
+    let metrics: Vec<&str> = a.readings.iter().map(|r| r.metric.as_str()).collect();
+    assert_eq!(metrics, vec!["lora_rssi_dbm", "lora_snr_db", "lora_receivers"], "no application values");
+}

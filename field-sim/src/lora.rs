@@ -173,6 +173,13 @@ impl Forwarder {
         Ok((token, rxpk))
     }
 
+    /// Report statistics (as forwarders do every 30 s) and wait for the PUSH_ACK.
+    pub async fn stat(&mut self, stat: &gwmp::Stat, timeout: Duration) -> io::Result<()> {
+        let token = self.next_token();
+        self.socket.send(&gwmp::push_stat(2, token, self.eui, stat)).await?;
+        self.push_ack(token, timeout).await
+    }
+
     /// Send raw bytes (tests of bad input).
     pub async fn send_raw(&self, bytes: &[u8]) -> io::Result<()> {
         self.socket.send(bytes).await.map(|_| ())

@@ -5,7 +5,7 @@
 
 use field_sim::lora::{Device, Forwarder};
 use fieldgate_adapters::lorawan::codec::Codec;
-use fieldgate_adapters::lorawan::gwmp::Eui64;
+use fieldgate_adapters::lorawan::gwmp::{self, Eui64};
 use fieldgate_adapters::lorawan::mac::SessionKeys;
 use fieldgate_proto::{Metric, v1};
 use fieldgate_tests::{
@@ -183,6 +183,22 @@ app_s_key = "22222222222222222222222222222222"
         let (t, _) = fw1.push(&forger.uplink(&temperature(99.0), 1, false), -95, 1.0).await.unwrap();
         fw1.push_ack(t, EVENT_TIMEOUT).await.unwrap();
         wait_rejected(addr, "bad_mic", 1.0);
+
+        // A concentrator's statistics show in the health report.
+        let stat = gwmp::Stat {
+            rxnb: Some(12),
+            rxok: Some(11),
+            rxfw: Some(11),
+            ackr: Some(100.0),
+            ..Default::default()
+        };
+        fw2.stat(&stat, EVENT_TIMEOUT).await.unwrap();
+        let health = wait_health(addr, "lorawan", "up");
+        let detail = health["components"]["lorawan"]["detail"].as_str().unwrap();
+        assert!(
+            detail.contains(&format!("{GW2}: received 12, crc ok 11, forwarded 11, acked 100%")),
+            "{detail}"
+        );
         (join_request, third)
     });
     assert_eq!(metric(addr, "fieldgate_lorawan_uplinks_total"), Some(5.0));

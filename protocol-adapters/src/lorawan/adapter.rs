@@ -121,6 +121,8 @@ struct Adapter {
     acks: HashMap<u64, PendingAck>,
     next_datagram: u64,
     paths: HashMap<Eui64, Path>,
+    /// Each concentrator's last statistics report.
+    stats: HashMap<Eui64, gwmp::Stat>,
     transmissions: HashMap<u16, Transmission>,
     next_token: u16,
     work: FuturesUnordered<Step>,
@@ -158,6 +160,7 @@ pub async fn run(
         acks: HashMap::new(),
         next_datagram: 0,
         paths: HashMap::new(),
+        stats: HashMap::new(),
         transmissions: HashMap::new(),
         next_token: rand::Rng::random(&mut <rand::rngs::SmallRng as rand::SeedableRng>::from_os_rng()),
         work: FuturesUnordered::new(),
@@ -210,13 +213,26 @@ async fn sleep_until(deadline: Option<Instant>) {
 
 impl Adapter {
     fn report(&self) {
-        let detail = format!(
+        let mut detail = format!(
             "network server on udp {} ({}), {} devices, {} concentrators with a downlink path",
             self.listen,
             self.server.region().as_str(),
             self.server.devices().len(),
             self.paths.len()
         );
+        // The concentrators' own view, as their last statistics said (the first few).
+        let mut stats: Vec<_> = self.stats.iter().collect();
+        stats.sort_by_key(|(eui, _)| **eui);
+        for (eui, s) in stats.iter().take(3) {
+            let n = |v: Option<u32>| v.map_or_else(|| "?".to_owned(), |v| v.to_string());
+            let ackr = s.ackr.map_or_else(|| "?".to_owned(), |a| format!("{a:.0}%"));
+            detail.push_str(&format!(
+                "; {eui}: received {}, crc ok {}, forwarded {}, acked {ackr}",
+                n(s.rxnb),
+                n(s.rxok),
+                n(s.rxfw)
+            ));
+        }
         self.link.send_replace(LinkState::Up(detail));
         self.metrics.lorawan_gateways.set(self.paths.len() as i64);
     }
@@ -248,6 +264,11 @@ impl Adapter {
             }
             Upstream::TxAck { token, error, .. } => self.tx_ack(token, error),
             Upstream::PushData { version, token, gateway, data } => {
+                if let Some(stat) = data.stat {
+                    tracing::debug!(%gateway, ?stat, "lorawan: concentrator statistics");
+                    self.stats.insert(gateway, stat);
+                    self.report();
+                }
                 let id = self.next_datagram;
                 self.next_datagram += 1;
                 let mut frames = 0;

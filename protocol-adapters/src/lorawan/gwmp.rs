@@ -466,3 +466,10 @@ pub fn tx_ack(version: u8, token: u16, gateway: Eui64, error: Option<&str>) -> V
     serde_json::to_writer(&mut out, &body).expect("JSON serializes");
     out
 }
+
+/// A PUSH_DATA carrying only the concentrator's statistics.
+pub fn push_stat(version: u8, token: u16, gateway: Eui64, stat: &Stat) -> Vec<u8> {
+    let mut out = upstream(version, token, PUSH_DATA, gateway);
+    serde_json::to_writer(&mut out, &serde_json::json!({ "stat": stat })).expect("JSON serializes");
+    out
+}

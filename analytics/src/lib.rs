@@ -1,5 +1,10 @@
 //! fieldgate's read side: stats over the store's Parquet rollups.
 //!
 //! Questions come in from the gRPC query service and the CLI (device, metric, time range,
-//! window); answers are computed from the hive-partitioned rollup files the store writes,
-//! merged with the windows still open in memory, so they reach up to now.
+//! window); answers are computed with polars from the hive-partitioned rollup files the store
+//! writes, merged with the rows the store holds in memory (closed since its last flush, or
+//! still open), so they reach up to now.
+
+pub mod stats;
+
+pub use stats::{QueryError, StatsAnswer, StatsQuery, StatsRow, source_window, stats};

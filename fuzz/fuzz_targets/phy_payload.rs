@@ -67,4 +67,25 @@ fuzz_target!(|data: &[u8]| {
     let now = Timestamp::from_nanos(1_800_000_000_000_000_000);
     let _ = s.handle(data, &rxpk, 1, now);
     let _ = s.handle(data, &rxpk, 2, now);
+
+    // The same bytes as the content of a genuine frame of the ABP device (valid MIC), so the
+    // MAC command reader and the payload codec see them too: [fopts_len, port, rest...].
+    if let [f_opts_len, port, rest @ ..] = data {
+        let split = usize::from(*f_opts_len % 16).min(rest.len());
+        let (f_opts, payload) = rest.split_at(split);
+        let frame = mac::Frame {
+            dev_addr: 0x0403_0201,
+            fcnt: 1,
+            uplink: true,
+            confirmed: port & 0x80 != 0,
+            f_opts,
+            f_port: Some(*port),
+            payload: &payload[..payload.len().min(mac::MAX_PAYLOAD)],
+            ..mac::Frame::default()
+        };
+        if let Ok(phy) = mac::build(&frame, &keys) {
+            let accepted = s.handle(&phy, &rxpk, 1, now);
+            assert!(accepted.is_ok(), "a genuine frame was refused: {accepted:?}");
+        }
+    }
 });

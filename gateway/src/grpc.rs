@@ -1,4 +1,5 @@
-//! The gRPC server: `fieldgate.v1.CommandService` (the query service joins it with issue 8).
+//! The gRPC server: `fieldgate.v1.CommandService` and `fieldgate.v1.QueryService`
+//! ([`crate::query`]).
 //!
 //! With a `[grpc] token`, every call must carry `authorization: Bearer <token>`; others are
 //! refused with `UNAUTHENTICATED`. The token is compared in constant time and never logged.
@@ -6,6 +7,7 @@
 use crate::commands::Dispatcher;
 use crate::config::Secret;
 use fieldgate_proto::v1::command_service_server::{CommandService, CommandServiceServer};
+use fieldgate_proto::v1::query_service_server::QueryServiceServer;
 use fieldgate_proto::v1::{DeliveryStatus, SendRequest, SendResponse};
 use fieldgate_proto::{Action, Command, CommandError, Delivery, Timestamp};
 use std::sync::Arc;
@@ -83,13 +85,17 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 pub async fn serve(
     listener: TcpListener,
     dispatcher: Arc<Dispatcher>,
+    queries: crate::query::Queries,
     token: Option<Secret>,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
     let auth = Auth { expected: token.map(|t| Arc::new(t.expose().as_bytes().to_vec())) };
-    let commands = CommandServiceServer::with_interceptor(Commands { dispatcher }, move |r| auth.check(r));
+    let check = auth.clone();
+    let commands = CommandServiceServer::with_interceptor(Commands { dispatcher }, move |r| check.check(r));
+    let queries = QueryServiceServer::with_interceptor(queries, move |r| auth.check(r));
     tonic::transport::Server::builder()
         .add_service(commands)
+        .add_service(queries)
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             shutdown.cancelled_owned(),

@@ -15,6 +15,7 @@ pub mod health;
 pub mod http;
 pub mod live;
 pub mod metrics;
+pub mod query;
 pub mod router;
 pub mod runtime;
 pub mod telemetry;

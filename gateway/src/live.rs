@@ -39,6 +39,8 @@ pub struct Device {
     pub last_seen: Timestamp,
     /// Readings received since it was registered.
     pub readings: u64,
+    /// Of those, readings of bad quality (a Modbus exception, an undecodable value).
+    pub bad: u64,
     /// The reading with the newest timestamp, per metric (unordered: it is looked up for
     /// every reading; sort when presenting it).
     pub latest: NameMap<Metric, Latest>,
@@ -94,12 +96,14 @@ impl LiveState {
                     first_seen: received,
                     last_seen: received,
                     readings: 0,
+                    bad: 0,
                     latest: NameMap::default(),
                 }
             });
             device.source = first.source;
             device.last_seen = device.last_seen.max(received);
             device.readings += run.len() as u64;
+            device.bad += run.iter().filter(|r| r.quality == Quality::Bad).count() as u64;
             for r in run {
                 let latest = Latest { ts: r.ts, value: r.value, quality: r.quality };
                 match device.latest.get_mut(&r.metric) {
@@ -195,6 +199,8 @@ struct SavedDevice {
     first_seen_ns: i64,
     last_seen_ns: i64,
     readings: u64,
+    #[serde(default)]
+    bad: u64,
     latest: Vec<SavedLatest>,
 }
 
@@ -226,6 +232,7 @@ impl SavedDevice {
             first_seen_ns: d.first_seen.as_nanos(),
             last_seen_ns: d.last_seen.as_nanos(),
             readings: d.readings,
+            bad: d.bad,
             latest,
         }
     }
@@ -236,6 +243,7 @@ impl SavedDevice {
             first_seen: Timestamp::from_nanos(self.first_seen_ns),
             last_seen: Timestamp::from_nanos(self.last_seen_ns),
             readings: self.readings,
+            bad: self.bad,
             latest: self
                 .latest
                 .into_iter()

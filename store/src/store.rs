@@ -3,6 +3,7 @@
 use crate::codec::{self, Dec, Event};
 use crate::config::StoreConfig;
 use crate::metrics::StoreMetrics;
+use crate::snapshot::StoreReader;
 use crate::wal::{Wal, WalRecovery};
 use crate::window::{WindowSettings, Windows};
 use crate::writer::{Shared, Writer, run_flusher};
@@ -64,6 +65,7 @@ pub enum StoreError {
 /// after they are gone.
 #[derive(Debug)]
 pub struct Store {
+    reader: StoreReader,
     tx: Option<mpsc::Sender<Submission>>,
     status: watch::Receiver<StoreStatus>,
     checkpointed: watch::Receiver<u64>,
@@ -159,7 +161,10 @@ impl Store {
         let (jobs_tx, jobs_rx) = std::sync::mpsc::sync_channel(1);
         let (done_tx, done_rx) = mpsc::channel(1);
         let (tx, rx) = mpsc::channel(cfg.queue_batches.max(1));
+        // Queries wait here while a flush is in flight; a few at once is plenty on a gateway.
+        let (snapshots_tx, snapshots) = mpsc::channel(16);
         let sizes = windows.sizes().to_vec();
+        let reader = StoreReader { tx: snapshots_tx, sizes: sizes.clone() };
         let writer = Writer {
             window_labels: sizes.iter().map(|&w| layout::window_label(w)).collect(),
             cfg: cfg.clone(),
@@ -192,11 +197,12 @@ impl Store {
                         }
                     }
                     let _stopped = Stopped(shared);
-                    writer.run(rx);
+                    writer.run(rx, snapshots);
                 })
                 .map_err(|e| StoreError::Thread("WAL", e))?
         };
         Ok(Store {
+            reader,
             tx: Some(tx),
             status,
             checkpointed,
@@ -212,6 +218,11 @@ impl Store {
     pub fn sink(&self) -> ReadingSink {
         // `tx` is only taken by `close`, which consumes the store.
         ReadingSink::from_sender(self.tx.clone().expect("store is open"))
+    }
+
+    /// A handle for queries: the rows not in committed files yet (see [`StoreReader`]).
+    pub fn reader(&self) -> StoreReader {
+        self.reader.clone()
     }
 
     /// The store's status, updated as it changes.

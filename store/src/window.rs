@@ -360,6 +360,22 @@ impl Windows {
         rows
     }
 
+    /// The closed rows waiting to be taken and the open windows, as rows, of the size at
+    /// `size_index`, for the series `wanted` selects.
+    pub(crate) fn unflushed(
+        &self,
+        size_index: usize,
+        wanted: impl Fn(&DeviceId, &Metric) -> bool,
+    ) -> Vec<Rollup> {
+        let size = self.sizes[size_index];
+        let mut rows: Vec<Rollup> =
+            self.closed[size_index].iter().filter(|r| wanted(&r.device, &r.metric)).cloned().collect();
+        for s in self.series.iter().filter(|s| wanted(&s.device, &s.metric)) {
+            rows.extend(s.sizes[size_index].open.iter().map(|a| rollup(&s.device, &s.metric, size, a)));
+        }
+        rows
+    }
+
     /// Number of open windows across all series and sizes.
     pub fn open_count(&self) -> usize {
         self.series.iter().flat_map(|s| &s.sizes).map(|p| p.open.len()).sum()

@@ -12,6 +12,7 @@
 use crate::codec::{self, Enc, Event};
 use crate::config::StoreConfig;
 use crate::metrics::{KindLabels, OutcomeLabels, ReasonLabels, StoreMetrics, WindowLabels};
+use crate::snapshot::{Snapshot, SnapshotRequest};
 use crate::store::StoreStatus;
 use crate::wal::Wal;
 use crate::window::{Outcome, Rollup, Windows};
@@ -148,7 +149,7 @@ pub(crate) struct Writer {
 
 impl Writer {
     /// Run until every sender of `rx` is gone, then flush and checkpoint everything.
-    pub(crate) fn run(self, rx: mpsc::Receiver<Submission>) {
+    pub(crate) fn run(self, rx: mpsc::Receiver<Submission>, snapshots: mpsc::Receiver<SnapshotRequest>) {
         let rt = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
             Ok(rt) => rt,
             Err(e) => {
@@ -156,10 +157,14 @@ impl Writer {
                 return;
             }
         };
-        rt.block_on(self.run_async(rx));
+        rt.block_on(self.run_async(rx, snapshots));
     }
 
-    async fn run_async(mut self, mut rx: mpsc::Receiver<Submission>) {
+    async fn run_async(
+        mut self,
+        mut rx: mpsc::Receiver<Submission>,
+        mut snapshots: mpsc::Receiver<SnapshotRequest>,
+    ) {
         let mut maintenance = tokio::time::interval(MAINTENANCE_INTERVAL);
         maintenance.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut in_flight = false;
@@ -190,6 +195,8 @@ impl Writer {
                     }
                     None => break,
                 },
+                // Only between flushes: then the files up to `checkpoint_seq` are all written.
+                Some(request) = snapshots.recv(), if !in_flight => self.snapshot(request),
                 _ = maintenance.tick() => {}
                 () = tokio::time::sleep_until(flush_at), if flush_pending => {}
             }
@@ -246,6 +253,13 @@ impl Writer {
             }
         }
         group
+    }
+
+    /// Answer a query with the rows no committed file holds.
+    fn snapshot(&self, request: SnapshotRequest) {
+        let Some(k) = self.windows.sizes().iter().position(|&s| s == request.window_ns) else { return };
+        let rows = self.windows.unflushed(k, |d, m| request.wants(d, m));
+        let _ = request.reply.send(Snapshot { rows, files_through: self.checkpoint_seq });
     }
 
     /// Rows waiting for the next flush.

@@ -1,0 +1,233 @@
+//! Stats answers against a reference computed here from the raw readings, with the store
+//! holding some windows in files, some closed but unwritten, and some still open.
+#![allow(clippy::unwrap_used)]
+
+use fieldgate_analytics::{QueryError, StatsQuery, StatsRow, stats};
+use fieldgate_proto::{DeviceId, Metric, Quality, Reading, Source, Timestamp};
+use fieldgate_store::{Store, StoreConfig, StoreMetrics};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+const S: i64 = 1_000_000_000;
+/// 2026-03-01T00:00:00Z.
+const T0: i64 = 1_772_323_200 * S;
+
+fn readings() -> Vec<Reading> {
+    let mut out = Vec::new();
+    // Three devices, two metrics, one reading every 3 s for 6 min 20 s; values that differ
+    // per series and are not monotonic (first/last and min/max mean something).
+    for step in 0..127i64 {
+        for d in 0..3 {
+            for (m, metric) in ["level_pct", "temp_c"].iter().enumerate() {
+                let x = step * 3;
+                let value = ((x * 7 + d * 13 + m as i64 * 5) % 23) as f64 * 0.5 - (d as f64);
+                out.push(Reading {
+                    device: DeviceId::new(&format!("bin-{d}")).unwrap(),
+                    metric: Metric::new(metric).unwrap(),
+                    ts: Timestamp::from_nanos(T0 + x * S + d * 100_000_000),
+                    value,
+                    quality: Quality::Good,
+                    source: Source::Modbus,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// The answer computed from raw readings: rows of source window `w` whose start is in
+/// `[from, to)`, merged into buckets of `bucket` starting at `from`.
+fn reference(all: &[Reading], q: &StatsQuery, w: i64, bucket: i64) -> Vec<StatsRow> {
+    let (from, to) = (q.from.as_nanos(), q.to.as_nanos());
+    let mut groups: BTreeMap<(String, String, i64), Vec<&Reading>> = BTreeMap::new();
+    for r in all {
+        let ts = r.ts.as_nanos();
+        let start = ts - ts.rem_euclid(w);
+        let wanted = |names: &[String], n: &str| names.is_empty() || names.iter().any(|x| x == n);
+        let devices: Vec<String> = q.devices.iter().map(ToString::to_string).collect();
+        let metrics: Vec<String> = q.metrics.iter().map(ToString::to_string).collect();
+        if start < from
+            || start >= to
+            || !wanted(&devices, r.device.as_str())
+            || !wanted(&metrics, r.metric.as_str())
+        {
+            continue;
+        }
+        let b = from + (start - from) / bucket * bucket;
+        groups.entry((r.device.to_string(), r.metric.to_string(), b)).or_default().push(r);
+    }
+    groups
+        .into_iter()
+        .map(|((device, metric, b), rs)| {
+            let sum: f64 = rs.iter().map(|r| r.value).sum();
+            let first = rs.iter().min_by_key(|r| r.ts).unwrap();
+            let last = rs.iter().max_by_key(|r| r.ts).unwrap();
+            StatsRow {
+                device,
+                metric,
+                window_start: Timestamp::from_nanos(b),
+                window_end: Timestamp::from_nanos(b + bucket),
+                count: rs.len() as u64,
+                min: rs.iter().map(|r| r.value).fold(f64::INFINITY, f64::min),
+                max: rs.iter().map(|r| r.value).fold(f64::NEG_INFINITY, f64::max),
+                mean: sum / rs.len() as f64,
+                sum,
+                first: first.value,
+                last: last.value,
+                first_ts: first.ts,
+                last_ts: last.ts,
+            }
+        })
+        .collect()
+}
+
+fn close(got: &[StatsRow], want: &[StatsRow], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: rows\n got {got:#?}\nwant {want:#?}");
+    for (g, w) in got.iter().zip(want) {
+        let same = |a: f64, b: f64| (a - b).abs() <= 1e-9 * a.abs().max(1.0);
+        assert!(
+            g.device == w.device
+                && g.metric == w.metric
+                && g.window_start == w.window_start
+                && g.window_end == w.window_end
+                && g.count == w.count
+                && g.first_ts == w.first_ts
+                && g.last_ts == w.last_ts
+                && [
+                    (g.min, w.min),
+                    (g.max, w.max),
+                    (g.sum, w.sum),
+                    (g.mean, w.mean),
+                    (g.first, w.first),
+                    (g.last, w.last)
+                ]
+                .iter()
+                .all(|(a, b)| same(*a, *b)),
+            "{what}:\n got {g:?}\nwant {w:?}"
+        );
+    }
+}
+
+fn at(s: i64) -> Timestamp {
+    Timestamp::from_nanos(T0 + s * S)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_merge_files_unwritten_and_open_windows_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = StoreConfig::new(dir.path());
+    cfg.windows = vec![Duration::from_secs(10), Duration::from_secs(60)];
+    cfg.allowed_lateness = Duration::ZERO;
+    // Flush as soon as a few rows wait, so some windows are in files, some are not.
+    cfg.flush_rows = 40;
+    let mut registry = prometheus_client::registry::Registry::default();
+    let store = tokio::task::spawn_blocking(move || Store::open(cfg, StoreMetrics::register(&mut registry)))
+        .await
+        .unwrap()
+        .unwrap();
+    let all = readings();
+    let sink = store.sink();
+    for chunk in all.chunks(6) {
+        sink.submit(chunk.to_vec(), Timestamp::now()).await.unwrap().await.unwrap();
+    }
+    let reader = store.reader();
+    let files = fieldgate_store::layout::parts(&fieldgate_store::layout::rollup_dir(dir.path(), 10 * S));
+    assert!(!files.is_empty(), "some windows are in files already");
+
+    let bin = |d: &str| DeviceId::new(d).unwrap();
+    let cases: Vec<(&str, StatsQuery, i64, i64)> = vec![
+        (
+            "10 s buckets, all",
+            StatsQuery {
+                devices: vec![],
+                metrics: vec![],
+                from: at(0),
+                to: at(400),
+                window: Some(Duration::from_secs(10)),
+            },
+            10,
+            10,
+        ),
+        (
+            "1 min from 10 s? no: from 1 min",
+            StatsQuery {
+                devices: vec![],
+                metrics: vec![],
+                from: at(60),
+                to: at(400),
+                window: Some(Duration::from_secs(60)),
+            },
+            60,
+            60,
+        ),
+        (
+            "2 min from 1 min",
+            StatsQuery {
+                devices: vec![bin("bin-1")],
+                metrics: vec![],
+                from: at(0),
+                to: at(400),
+                window: Some(Duration::from_secs(120)),
+            },
+            60,
+            120,
+        ),
+        (
+            "30 s from 10 s, off the minute",
+            StatsQuery {
+                devices: vec![bin("bin-2"), bin("bin-0")],
+                metrics: vec![Metric::new("temp_c").unwrap()],
+                from: at(20),
+                to: at(350),
+                window: Some(Duration::from_secs(30)),
+            },
+            10,
+            30,
+        ),
+        (
+            "one bucket",
+            StatsQuery {
+                devices: vec![],
+                metrics: vec![Metric::new("level_pct").unwrap()],
+                from: at(0),
+                to: at(360),
+                window: None,
+            },
+            60,
+            360,
+        ),
+    ];
+    for (what, q, w, b) in cases {
+        let answer = stats(dir.path(), &reader, &q).await.unwrap();
+        assert_eq!(
+            answer.source_window,
+            Duration::from_secs(w as u64),
+            "{what}: the coarsest stored window that fits"
+        );
+        close(&answer.rows, &reference(&all, &q, w * S, b * S), what);
+    }
+    // The open windows are in: the last reading (at 378.2 s) is counted.
+    let q =
+        StatsQuery { devices: vec![bin("bin-2")], metrics: vec![], from: at(370), to: at(380), window: None };
+    let last = stats(dir.path(), &reader, &q).await.unwrap();
+    assert!(last.rows.iter().all(|r| r.count > 0) && !last.rows.is_empty(), "{last:?}");
+
+    let base = StatsQuery { devices: vec![], metrics: vec![], from: at(0), to: at(60), window: None };
+    let refusals = [
+        StatsQuery { window: Some(Duration::from_secs(7)), ..base.clone() },
+        StatsQuery { from: at(60), to: at(0), ..base.clone() },
+        StatsQuery { from: at(5), ..base.clone() },
+    ];
+    let mut messages = Vec::new();
+    for q in refusals {
+        match stats(dir.path(), &reader, &q).await {
+            Err(QueryError::Invalid(m)) => messages.push(m),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+    assert_eq!(messages[0], "a window of 7s is not a multiple of a stored window (10s, 1m)");
+    assert!(messages[1].starts_with("`from` (2026-03-01T00:01:00"), "{}", messages[1]);
+    assert!(messages[2].contains("is not on a boundary of a stored window"), "{}", messages[2]);
+    drop(sink);
+    tokio::task::spawn_blocking(move || store.close()).await.unwrap();
+}

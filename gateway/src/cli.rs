@@ -40,6 +40,8 @@ pub enum Command {
         #[command(subcommand)]
         command: ModbusCommand,
     },
+    /// Ask a running gateway: stats, latest values, devices, the harvest fleet.
+    Query(crate::query_cli::QueryArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -93,6 +95,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Modbus { command: ModbusCommand::Probe(args) } => probe(args),
+        Command::Query(args) => crate::query_cli::query(args),
     }
 }
 

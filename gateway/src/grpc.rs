@@ -93,15 +93,29 @@ pub async fn serve(
     let check = auth.clone();
     let commands = CommandServiceServer::with_interceptor(Commands { dispatcher }, move |r| check.check(r));
     let queries = QueryServiceServer::with_interceptor(queries, move |r| auth.check(r));
-    tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .add_service(commands)
         .add_service(queries)
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown.cancelled_owned(),
-        )
-        .await
+            shutdown.clone().cancelled_owned(),
+        );
+    // A graceful stop waits for clients to close their connections; one that keeps an idle
+    // connection open (a dashboard, a stuck client) must not hold the gateway's shutdown up.
+    tokio::select! {
+        served = server => served,
+        () = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => {
+            tracing::info!(grace = ?SHUTDOWN_GRACE, "gRPC clients still connected at shutdown were dropped");
+            Ok(())
+        }
+    }
 }
+
+/// How long open gRPC calls and connections get to finish once the gateway stops.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[cfg(test)]
 mod tests {

@@ -16,6 +16,7 @@ pub mod http;
 pub mod live;
 pub mod metrics;
 pub mod query;
+pub mod query_cli;
 pub mod router;
 pub mod runtime;
 pub mod telemetry;

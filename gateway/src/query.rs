@@ -9,8 +9,8 @@ use crate::live::LiveState;
 use fieldgate_analytics::{QueryError, StatsQuery};
 use fieldgate_proto::v1::query_service_server::QueryService;
 use fieldgate_proto::v1::{
-    self, DevicesRequest, DevicesResponse, FleetRequest, FleetResponse, LatestRequest, LatestResponse, StatsRequest,
-    StatsResponse,
+    self, DevicesRequest, DevicesResponse, FleetRequest, FleetResponse, LatestRequest, LatestResponse,
+    StatsRequest, StatsResponse,
 };
 use fieldgate_proto::{DeviceId, Metric, Source, Timestamp, wire};
 use fieldgate_store::StoreReader;
@@ -35,7 +35,11 @@ pub struct Queries {
     pub configured: BTreeMap<DeviceId, Source>,
 }
 
-fn names<T>(field: &'static str, values: &[String], parse: fn(&'static str, &str) -> Result<T, wire::WireError>) -> Result<Vec<T>, Status> {
+fn names<T>(
+    field: &'static str,
+    values: &[String],
+    parse: fn(&'static str, &str) -> Result<T, wire::WireError>,
+) -> Result<Vec<T>, Status> {
     values.iter().map(|v| parse(field, v).map_err(|e| Status::invalid_argument(e.to_string()))).collect()
 }
 
@@ -56,7 +60,9 @@ impl Queries {
             None => Timestamp::now(),
         };
         let window = match &r.window {
-            Some(w) => Some(wire::duration("window", w).map_err(|e| Status::invalid_argument(e.to_string()))?),
+            Some(w) => {
+                Some(wire::duration("window", w).map_err(|e| Status::invalid_argument(e.to_string()))?)
+            }
             None => None,
         };
         Ok(StatsQuery {
@@ -69,7 +75,13 @@ impl Queries {
     }
 }
 
-fn health(configured: bool, last_seen: Option<Timestamp>, bad: u64, readings: u64, now: Timestamp) -> v1::DeviceHealth {
+fn health(
+    configured: bool,
+    last_seen: Option<Timestamp>,
+    bad: u64,
+    readings: u64,
+    now: Timestamp,
+) -> v1::DeviceHealth {
     match last_seen {
         None if configured => v1::DeviceHealth::NeverSeen,
         None => v1::DeviceHealth::Unspecified,
@@ -92,9 +104,12 @@ impl QueryService for Queries {
         let offset: usize = if r.page_token.is_empty() {
             0
         } else {
-            r.page_token.parse().map_err(|_| Status::invalid_argument("`page_token` is not one this gateway gave"))?
+            r.page_token
+                .parse()
+                .map_err(|_| Status::invalid_argument("`page_token` is not one this gateway gave"))?
         };
-        let answer = fieldgate_analytics::stats(&self.data_dir, &self.store, &q).await.map_err(query_status)?;
+        let answer =
+            fieldgate_analytics::stats(&self.data_dir, &self.store, &q).await.map_err(query_status)?;
         let total = answer.rows.len();
         let rows = answer
             .rows
@@ -165,8 +180,14 @@ impl QueryService for Queries {
                     configured,
                     first_seen: d.map(|d| d.first_seen.into()),
                     last_seen: d.map(|d| d.last_seen.into()),
-                    health: health(configured, d.map(|d| d.last_seen), d.map_or(0, |d| d.bad), d.map_or(0, |d| d.readings), now)
-                        .into(),
+                    health: health(
+                        configured,
+                        d.map(|d| d.last_seen),
+                        d.map_or(0, |d| d.bad),
+                        d.map_or(0, |d| d.readings),
+                        now,
+                    )
+                    .into(),
                     readings: d.map_or(0, |d| d.readings),
                     errors: d.map_or(0, |d| d.bad),
                 }

@@ -265,7 +265,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     if let Some(lora) = &config.lorawan {
         configured.extend(lora.devices.iter().map(|d| (d.device.clone(), fieldgate_proto::Source::Lorawan)));
     }
-    let queries = crate::query::Queries { data_dir: data_dir.clone(), store: store_reader, live: live.clone(), configured };
+    let queries = crate::query::Queries {
+        data_dir: data_dir.clone(),
+        store: store_reader,
+        live: live.clone(),
+        configured,
+    };
     let dispatcher =
         Arc::new(Dispatcher::new(live.clone(), mqtt_commands, modbus_writes, lorawan_commands, metrics));
     if let Some(grpc) = config.grpc.clone() {
@@ -274,7 +279,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         let addr = listener.local_addr().map_err(bind_error)?;
         let stop = running.servers_shutdown.clone();
         running.spawn_server("grpc", async move {
-            crate::grpc::serve(listener, dispatcher, queries, grpc.token, stop).await.map_err(|e| e.to_string())
+            crate::grpc::serve(listener, dispatcher, queries, grpc.token, stop)
+                .await
+                .map_err(|e| e.to_string())
         });
         running.grpc_addr = Some(addr);
         health.set("grpc", Status::Up, format!("serving on {addr}"));

@@ -5,5 +5,6 @@
 mod lorawan;
 mod modbus;
 mod mqtt;
+mod query;
 mod spine;
 mod store;

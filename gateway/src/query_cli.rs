@@ -1,0 +1,307 @@
+//! `fieldgate query …`: the query service from a terminal, against a running gateway. Prints a
+//! table by default, or JSON or CSV for scripts.
+#![allow(clippy::print_stdout)]
+
+use fieldgate_proto::v1::query_service_client::QueryServiceClient;
+use fieldgate_proto::v1::{self, DevicesRequest, FleetRequest, LatestRequest, StatsRequest};
+use fieldgate_proto::{Timestamp, wire};
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Debug, clap::Args)]
+pub struct QueryArgs {
+    /// The gateway's gRPC address.
+    #[arg(long, default_value = "127.0.0.1:50051", global = true)]
+    pub grpc: String,
+    /// A file holding the bearer token, for gateways with `[grpc] token` (the environment
+    /// variable FIELDGATE_TOKEN is used otherwise; a token is never given on the command line,
+    /// where other users could read it).
+    #[arg(long, global = true)]
+    pub token_file: Option<std::path::PathBuf>,
+    #[arg(long, value_enum, default_value_t = Format::Table, global = true)]
+    pub format: Format,
+    #[command(subcommand)]
+    pub command: QueryCommand,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+    Csv,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum QueryCommand {
+    /// Aggregates (count, min, max, mean, sum, first, last) per device, metric and window.
+    Stats {
+        /// A device to include (repeat for more); all when none is given.
+        #[arg(long = "device")]
+        devices: Vec<String>,
+        /// A metric to include (repeat for more); all when none is given.
+        #[arg(long = "metric")]
+        metrics: Vec<String>,
+        /// Start, RFC 3339 (2026-11-24T06:00:00Z); or use --last.
+        #[arg(long, conflicts_with = "last")]
+        from: Option<String>,
+        /// End (exclusive), RFC 3339; now when left out.
+        #[arg(long, conflicts_with = "last")]
+        to: Option<String>,
+        /// The span up to now, e.g. 24h (its start is put on a boundary of --window).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        last: Option<Duration>,
+        /// Bucket size, a multiple of a stored window (10s, 1m, 15m by default); one bucket
+        /// over the whole span when left out.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        window: Option<Duration>,
+    },
+    /// The latest value of each metric of each device.
+    Latest {
+        #[arg(long = "device")]
+        devices: Vec<String>,
+        #[arg(long = "metric")]
+        metrics: Vec<String>,
+    },
+    /// Configured and discovered devices, their protocol, when they were heard and health.
+    Devices,
+    /// The harvest fleet as the dispatcher sees it.
+    Fleet,
+}
+
+fn time(what: &str, s: &str) -> anyhow::Result<Timestamp> {
+    Timestamp::parse_rfc3339(s)
+        .map_err(|e| anyhow::anyhow!("--{what} `{s}`: {e} (write it like 2026-11-24T06:00:00Z)"))
+}
+
+fn ts(t: &Option<prost_types::Timestamp>) -> String {
+    t.as_ref().and_then(|t| wire::timestamp("ts", t).ok()).map_or_else(String::new, |t| t.to_string())
+}
+
+/// Run a query subcommand.
+pub fn query(args: QueryArgs) -> anyhow::Result<ExitCode> {
+    let token = match &args.token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("--token-file {}: {e}", path.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        None => std::env::var("FIELDGATE_TOKEN").ok(),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let table = runtime.block_on(fetch(&args, token))?;
+    print(&table, args.format);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A result as a header and rows of text.
+struct Table {
+    header: Vec<&'static str>,
+    rows: Vec<Vec<String>>,
+}
+
+async fn fetch(args: &QueryArgs, token: Option<String>) -> anyhow::Result<Table> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", args.grpc))
+        .map_err(|e| anyhow::anyhow!("--grpc {}: {e}", args.grpc))?;
+    let channel = endpoint.connect().await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot reach the gateway's gRPC API at {}: {e} (is it running, with [grpc] on?)",
+            args.grpc
+        )
+    })?;
+    let auth = move |mut r: tonic::Request<()>| {
+        if let Some(t) = &token {
+            let value =
+                format!("Bearer {t}").parse().map_err(|_| tonic::Status::invalid_argument("bad token"))?;
+            r.metadata_mut().insert("authorization", value);
+        }
+        Ok(r)
+    };
+    let mut client = QueryServiceClient::with_interceptor(channel, auth);
+    let status = |e: tonic::Status| anyhow::anyhow!("the gateway refused: {} ({:?})", e.message(), e.code());
+    match &args.command {
+        QueryCommand::Stats { devices, metrics, from, to, last, window } => {
+            let now = Timestamp::now();
+            let (from, to) = match (last, from) {
+                (Some(span), _) => {
+                    let start = now.saturating_sub(*span);
+                    (start.floor_to(window.unwrap_or(Duration::from_secs(60))), None)
+                }
+                (None, Some(f)) => (time("from", f)?, to.as_deref().map(|t| time("to", t)).transpose()?),
+                (None, None) => anyhow::bail!("give --from (and --to), or --last"),
+            };
+            let mut request = StatsRequest {
+                devices: devices.clone(),
+                metrics: metrics.clone(),
+                from: Some(from.into()),
+                to: to.map(Into::into),
+                window: window.map(wire::to_wire_duration),
+                page_size: 0,
+                page_token: String::new(),
+            };
+            let mut rows = Vec::new();
+            loop {
+                let page = client.stats(request.clone()).await.map_err(status)?.into_inner();
+                rows.extend(page.rows.into_iter().map(|r| {
+                    let n = |v: f64| format!("{v}");
+                    vec![
+                        r.device,
+                        r.metric,
+                        ts(&r.window_start),
+                        ts(&r.window_end),
+                        r.count.to_string(),
+                        n(r.min),
+                        n(r.max),
+                        n(r.mean),
+                        n(r.sum),
+                        n(r.first),
+                        n(r.last),
+                    ]
+                }));
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                request.page_token = page.next_page_token;
+            }
+            let header = vec![
+                "device",
+                "metric",
+                "window_start",
+                "window_end",
+                "count",
+                "min",
+                "max",
+                "mean",
+                "sum",
+                "first",
+                "last",
+            ];
+            Ok(Table { header, rows })
+        }
+        QueryCommand::Latest { devices, metrics } => {
+            let request = LatestRequest { devices: devices.clone(), metrics: metrics.clone() };
+            let values = client.latest(request).await.map_err(status)?.into_inner().values;
+            let rows = values
+                .into_iter()
+                .map(|v| {
+                    let quality = v1::Quality::try_from(v.quality).map_or("?", |q| q.as_str_name());
+                    vec![
+                        v.device,
+                        v.metric,
+                        ts(&v.ts),
+                        format!("{}", v.value),
+                        quality.to_lowercase().replace("quality_", ""),
+                    ]
+                })
+                .collect();
+            Ok(Table { header: vec!["device", "metric", "ts", "value", "quality"], rows })
+        }
+        QueryCommand::Devices => {
+            let devices = client.devices(DevicesRequest {}).await.map_err(status)?.into_inner().devices;
+            let rows = devices
+                .into_iter()
+                .map(|d| {
+                    let source = v1::Source::try_from(d.source)
+                        .map_or("?".to_owned(), |s| s.as_str_name().to_lowercase().replace("source_", ""));
+                    let health = v1::DeviceHealth::try_from(d.health).map_or("?".to_owned(), |h| {
+                        h.as_str_name().to_lowercase().replace("device_health_", "")
+                    });
+                    vec![
+                        d.id,
+                        source,
+                        if d.configured { "yes" } else { "no" }.to_owned(),
+                        ts(&d.first_seen),
+                        ts(&d.last_seen),
+                        health,
+                        d.readings.to_string(),
+                        d.errors.to_string(),
+                    ]
+                })
+                .collect();
+            let header = vec![
+                "device",
+                "source",
+                "configured",
+                "first_seen",
+                "last_seen",
+                "health",
+                "readings",
+                "errors",
+            ];
+            Ok(Table { header, rows })
+        }
+        QueryCommand::Fleet => {
+            let fleet = client.fleet(FleetRequest {}).await.map_err(status)?.into_inner();
+            let mut rows: Vec<Vec<String>> = fleet
+                .machines
+                .into_iter()
+                .map(|m| {
+                    vec![
+                        m.device,
+                        format!("{:.0}%", m.fill_fraction * 100.0),
+                        m.state,
+                        ts(&m.full_at),
+                        ts(&m.last_seen),
+                    ]
+                })
+                .collect();
+            rows.extend(fleet.warnings.into_iter().map(|w| {
+                vec![format!("warning: {w}"), String::new(), String::new(), String::new(), String::new()]
+            }));
+            Ok(Table { header: vec!["machine", "fill", "state", "full_at", "last_seen"], rows })
+        }
+    }
+}
+
+fn print(table: &Table, format: Format) {
+    match format {
+        Format::Table => {
+            let widths: Vec<usize> = (0..table.header.len())
+                .map(|c| {
+                    table.rows.iter().map(|r| r[c].len()).chain([table.header[c].len()]).max().unwrap_or(0)
+                })
+                .collect();
+            let line = |cells: Vec<&str>| {
+                let padded: Vec<String> =
+                    cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+                println!("{}", padded.join("  ").trim_end());
+            };
+            line(table.header.clone());
+            for r in &table.rows {
+                line(r.iter().map(String::as_str).collect());
+            }
+        }
+        Format::Json => {
+            let rows: Vec<serde_json::Value> = table
+                .rows
+                .iter()
+                .map(|r| {
+                    let object = table.header.iter().zip(r).map(|(h, v)| {
+                        // Numbers stay numbers for scripts.
+                        let value = v
+                            .parse::<f64>()
+                            .ok()
+                            .filter(|n| n.is_finite())
+                            .map_or_else(|| serde_json::json!(v), |n| serde_json::json!(n));
+                        ((*h).to_owned(), value)
+                    });
+                    serde_json::Value::Object(object.collect())
+                })
+                .collect();
+            println!("{}", serde_json::Value::Array(rows));
+        }
+        Format::Csv => {
+            let quote = |s: &str| {
+                if s.contains([',', '"', '\n']) {
+                    format!("\"{}\"", s.replace('"', "\"\""))
+                } else {
+                    s.to_owned()
+                }
+            };
+            println!("{}", table.header.join(","));
+            for r in &table.rows {
+                println!("{}", r.iter().map(|c| quote(c)).collect::<Vec<_>>().join(","));
+            }
+        }
+    }
+}

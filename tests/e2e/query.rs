@@ -1,0 +1,189 @@
+//! Stats over gRPC and the CLI against a reference computed here from the readings sent:
+//! MQTT devices publish ten minutes of readings (the last windows still open in the gateway's
+//! memory), then `fieldgate query stats` and a gRPC client ask for them in several windows.
+
+use fieldgate_proto::v1;
+use fieldgate_proto::v1::query_service_client::QueryServiceClient;
+use fieldgate_tests::{GatewayProcess, bin, mqtt_publish, write_config};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+/// 2026-01-01T00:00:00Z in milliseconds.
+const BASE_MS: i64 = 1_767_225_600_000;
+const TOKEN: &str = "t0ken-for-tests";
+
+/// (device, ts in ms, value) of every reading sent: three bins, every 5 s for 10 min 20 s.
+fn readings() -> Vec<(String, i64, f64)> {
+    (0..124i64)
+        .flat_map(|i| {
+            (0..3).map(move |d| {
+                (format!("bin-{d}"), BASE_MS + i * 5000, ((i * 37 + d * 11) % 41) as f64 * 0.25)
+            })
+        })
+        .collect()
+}
+
+/// Per device and bucket of `bucket_ms` from `from_ms`: (count, sum, min, max) of the readings
+/// whose `source_ms` window starts in `[from_ms, to_ms)`.
+fn reference(
+    from_ms: i64,
+    to_ms: i64,
+    source_ms: i64,
+    bucket_ms: i64,
+) -> BTreeMap<(String, i64), (u64, f64, f64, f64)> {
+    let mut out: BTreeMap<(String, i64), (u64, f64, f64, f64)> = BTreeMap::new();
+    for (device, ts, v) in readings() {
+        let start = ts - ts.rem_euclid(source_ms);
+        if start < from_ms || start >= to_ms {
+            continue;
+        }
+        let b = from_ms + (start - from_ms) / bucket_ms * bucket_ms;
+        let e = out.entry((device, b)).or_insert((0, 0.0, f64::INFINITY, f64::NEG_INFINITY));
+        *e = (e.0 + 1, e.1 + v, e.2.min(v), e.3.max(v));
+    }
+    out
+}
+
+fn rfc3339(ms: i64) -> String {
+    fieldgate_proto::Timestamp::from_nanos(ms * 1_000_000).to_string()
+}
+
+/// `fieldgate query --format json stats ...`: (exit ok, stdout, stderr).
+fn cli(grpc: SocketAddr, token: Option<&str>, args: &[&str]) -> (bool, String, String) {
+    let mut command = std::process::Command::new(bin("fieldgate"));
+    command
+        .args(["query", "--grpc", &grpc.to_string(), "--format", "json"])
+        .args(args)
+        .env_remove("FIELDGATE_TOKEN");
+    if let Some(t) = token {
+        command.env("FIELDGATE_TOKEN", t);
+    }
+    let out = command.output().unwrap();
+    (out.status.success(), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
+}
+
+fn check(rows: &[serde_json::Value], want: &BTreeMap<(String, i64), (u64, f64, f64, f64)>, what: &str) {
+    assert_eq!(rows.len(), want.len(), "{what}: {rows:#?}");
+    for row in rows {
+        let start = fieldgate_proto::Timestamp::parse_rfc3339(row["window_start"].as_str().unwrap()).unwrap();
+        let key = (row["device"].as_str().unwrap().to_owned(), start.as_nanos() / 1_000_000);
+        let (count, sum, min, max) = want.get(&key).unwrap_or_else(|| panic!("{what}: unexpected row {row}"));
+        let got = (
+            row["count"].as_f64().unwrap() as u64,
+            row["sum"].as_f64().unwrap(),
+            row["min"].as_f64().unwrap(),
+            row["max"].as_f64().unwrap(),
+        );
+        assert_eq!(got.0, *count, "{what}: {row}");
+        for (g, w) in [
+            (got.1, *sum),
+            (got.2, *min),
+            (got.3, *max),
+            (row["mean"].as_f64().unwrap(), sum / *count as f64),
+        ] {
+            assert!((g - w).abs() < 1e-9, "{what}: {row}: {g} != {w}");
+        }
+    }
+}
+
+#[test]
+fn stats_over_grpc_and_the_cli_match_the_readings_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let config =
+        write_config(dir.path(), &format!("[grpc]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n"));
+    let mut gw = GatewayProcess::spawn(&["run", "--config", config.to_str().unwrap()]);
+    let port = gw.wait_broker().port();
+    let grpc = gw.grpc_addr();
+    let messages: Vec<(String, String)> = readings()
+        .into_iter()
+        .map(|(d, ts, v)| (format!("fieldgate/{d}"), format!(r#"{{"ts": {ts}, "level_pct": {v}}}"#)))
+        .collect();
+    // Every PUBACK came back: every reading is durable (most in open windows still).
+    mqtt_publish(port, &messages);
+
+    let (from, to) = (BASE_MS, BASE_MS + 10 * 60_000);
+    let span = ["--from", &rfc3339(from), "--to", &rfc3339(to)];
+    let (ok, _, err) = cli(grpc, None, &["stats", span[0], span[1], span[2], span[3]]);
+    assert!(!ok && err.contains("Unauthenticated"), "no token, no answer: {err}");
+
+    for (window, source_ms, bucket_ms) in
+        [("1m", 60_000, 60_000), ("150s", 10_000, 150_000), ("", 60_000, 600_000)]
+    {
+        let mut args = vec!["stats", "--metric", "level_pct", span[0], span[1], span[2], span[3]];
+        if !window.is_empty() {
+            args.extend(["--window", window]);
+        }
+        let (ok, out, err) = cli(grpc, Some(TOKEN), &args);
+        assert!(ok, "{err}");
+        let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+        check(&rows, &reference(from, to, source_ms, bucket_ms), &format!("window {window:?}"));
+    }
+
+    // A gRPC client gets the same numbers, in pages; bad questions say what is wrong.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut client = QueryServiceClient::with_interceptor(channel, |mut r: tonic::Request<()>| {
+            r.metadata_mut().insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+            Ok(r)
+        });
+        let ts = |ms: i64| Some(fieldgate_proto::Timestamp::from_nanos(ms * 1_000_000).into());
+        let mut request = v1::StatsRequest {
+            devices: vec!["bin-1".into()],
+            metrics: vec![],
+            from: ts(from),
+            to: ts(to),
+            window: Some(prost_types::Duration { seconds: 60, nanos: 0 }),
+            page_size: 4,
+            page_token: String::new(),
+        };
+        let mut rows = Vec::new();
+        let mut pages = 0;
+        loop {
+            let page = client.stats(request.clone()).await.unwrap().into_inner();
+            assert_eq!(page.source_window, Some(prost_types::Duration { seconds: 60, nanos: 0 }));
+            pages += 1;
+            rows.extend(page.rows);
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            request.page_token = page.next_page_token;
+        }
+        assert_eq!((pages, rows.len()), (3, 10), "ten minutes in pages of four");
+        let want = reference(from, to, 60_000, 60_000);
+        for r in &rows {
+            let start = fieldgate_proto::wire::timestamp("", r.window_start.as_ref().unwrap()).unwrap();
+            let (count, sum, ..) = want[&(r.device.clone(), start.as_nanos() / 1_000_000)];
+            assert_eq!((r.count, r.sum), (count, sum));
+        }
+        let mut bad = request.clone();
+        bad.page_token = String::new();
+        bad.window = Some(prost_types::Duration { seconds: 7, nanos: 0 });
+        let e = client.stats(bad).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert_eq!(e.message(), "a window of 7s is not a multiple of a stored window (10s, 1m, 15m)");
+        let mut bad = request.clone();
+        bad.devices = vec!["bin 1".into()];
+        assert_eq!(client.stats(bad).await.unwrap_err().code(), tonic::Code::InvalidArgument);
+        let latest = client
+            .latest(v1::LatestRequest { devices: vec!["bin-2".into()], metrics: vec![] })
+            .await
+            .unwrap();
+        let last = readings().into_iter().filter(|r| r.0 == "bin-2").max_by_key(|r| r.1).unwrap();
+        assert_eq!(latest.into_inner().values.iter().map(|v| v.value).collect::<Vec<_>>(), vec![last.2]);
+        let devices = client.devices(v1::DevicesRequest {}).await.unwrap().into_inner().devices;
+        assert_eq!(
+            devices.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
+            vec!["bin-0", "bin-1", "bin-2"]
+        );
+        assert!(devices.iter().all(|d| d.readings == 124 && !d.configured));
+    });
+    // The client's connection is still open (its runtime is not driven): the gateway stops
+    // all the same, after a short grace.
+    gw.stop_cleanly();
+    drop(rt);
+}

@@ -57,7 +57,7 @@ recordings = true
 listen = "127.0.0.1:{port}"
 gateways = ["{GW1}", "{GW2}"]
 # Wide enough that two copies sent back to back always meet, on a loaded machine too.
-dedup_window = "500ms"
+dedup_window = "800ms"
 
 [[lorawan.device]]
 id = "soil-1"

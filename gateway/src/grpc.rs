@@ -90,10 +90,26 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
     let auth = Auth { expected: token.map(|t| Arc::new(t.expose().as_bytes().to_vec())) };
-    let check = auth.clone();
+    let (check, check_reflection) = (auth.clone(), auth.clone());
     let commands = CommandServiceServer::with_interceptor(Commands { dispatcher }, move |r| check.check(r));
     let queries = QueryServiceServer::with_interceptor(queries, move |r| auth.check(r));
+    // Health answers without a token (load balancers, systemd checks); reflection describes
+    // the API to callers that have one.
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_service_status("", tonic_health::ServingStatus::Serving).await;
+    for name in ["fieldgate.v1.CommandService", "fieldgate.v1.QueryService"] {
+        health.set_service_status(name, tonic_health::ServingStatus::Serving).await;
+    }
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(fieldgate_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("the built-in descriptor sets are valid");
+    let reflection =
+        tonic::service::interceptor::InterceptedService::new(reflection, move |r| check_reflection.check(r));
     let server = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
         .add_service(commands)
         .add_service(queries)
         .serve_with_incoming_shutdown(

@@ -175,6 +175,45 @@ fn stats_over_grpc_and_the_cli_match_the_readings_sent() {
             .unwrap();
         let last = readings().into_iter().filter(|r| r.0 == "bin-2").max_by_key(|r| r.1).unwrap();
         assert_eq!(latest.into_inner().values.iter().map(|v| v.value).collect::<Vec<_>>(), vec![last.2]);
+        // Health answers without a token; reflection lists the API to a caller with one.
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+        let serving =
+            health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.unwrap();
+        assert_eq!(
+            serving.into_inner().status(),
+            tonic_health::pb::health_check_response::ServingStatus::Serving
+        );
+        use tonic_reflection::pb::v1::{
+            ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+            server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+        };
+        let list = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut anonymous = ServerReflectionClient::new(channel.clone());
+        let refused = anonymous.server_reflection_info(tokio_stream::iter([list.clone()])).await;
+        assert_eq!(refused.unwrap_err().code(), tonic::Code::Unauthenticated);
+        let mut reflection = ServerReflectionClient::with_interceptor(channel, |mut r: tonic::Request<()>| {
+            r.metadata_mut().insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+            Ok(r)
+        });
+        let mut answers =
+            reflection.server_reflection_info(tokio_stream::iter([list])).await.unwrap().into_inner();
+        let Some(MessageResponse::ListServicesResponse(services)) =
+            answers.message().await.unwrap().unwrap().message_response
+        else {
+            panic!("not a list of services")
+        };
+        let names: Vec<&str> = services.service.iter().map(|s| s.name.as_str()).collect();
+        for wanted in ["fieldgate.v1.QueryService", "fieldgate.v1.CommandService", "grpc.health.v1.Health"] {
+            assert!(names.contains(&wanted), "{names:?}");
+        }
         let devices = client.devices(v1::DevicesRequest {}).await.unwrap().into_inner().devices;
         assert_eq!(
             devices.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),

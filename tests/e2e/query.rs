@@ -119,6 +119,37 @@ fn stats_over_grpc_and_the_cli_match_the_readings_sent() {
         check(&rows, &reference(from, to, source_ms, bucket_ms), &format!("window {window:?}"));
     }
 
+    // An independent client (Python grpcio, stubs generated from the proto files) gets the
+    // same numbers as the CLI, in pages of seven; without the token it is refused.
+    let (ok, out, err) = cli(
+        grpc,
+        Some(TOKEN),
+        &["stats", "--metric", "level_pct", span[0], span[1], span[2], span[3], "--window", "1m"],
+    );
+    assert!(ok, "{err}");
+    let from_cli: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    let proto_root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto/proto");
+    let request = serde_json::json!({
+        "proto_root": proto_root, "addr": grpc.to_string(), "token": TOKEN,
+        "from": rfc3339(from), "to": rfc3339(to), "window_s": 60, "metric": "level_pct",
+    });
+    let answer: serde_json::Value = serde_json::from_str(&fieldgate_tests::python(
+        include_str!("../py/query_client.py"),
+        &request.to_string(),
+    ))
+    .unwrap();
+    assert_eq!(answer["unauthenticated"], true, "{answer}");
+    let from_python = answer["rows"].as_array().unwrap();
+    assert_eq!(from_python.len(), from_cli.len());
+    for (p, c) in from_python.iter().zip(&from_cli) {
+        let when =
+            |v: &serde_json::Value| fieldgate_proto::Timestamp::parse_rfc3339(v.as_str().unwrap()).unwrap();
+        assert_eq!((&p["device"], when(&p["window_start"])), (&c["device"], when(&c["window_start"])));
+        for k in ["count", "sum", "min", "max", "mean"] {
+            assert_eq!(p[k].as_f64(), c[k].as_f64(), "{k}: python {p} cli {c}");
+        }
+    }
+
     // A gRPC client gets the same numbers, in pages; bad questions say what is wrong.
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {

@@ -78,11 +78,6 @@ impl Device {
         self.frame(&payload, &[], Some(port), confirmed)
     }
 
-    /// The next uplink with these MAC commands in FOpts and no payload.
-    pub fn mac_uplink(&mut self, f_opts: &[u8]) -> Vec<u8> {
-        self.frame(&[], f_opts, None, false)
-    }
-
     fn frame(&mut self, payload: &[u8], f_opts: &[u8], f_port: Option<u8>, confirmed: bool) -> Vec<u8> {
         let (dev_addr, keys) = self.session.clone().expect("joined or personalised");
         let frame = Frame {

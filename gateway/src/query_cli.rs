@@ -73,6 +73,11 @@ fn time(what: &str, s: &str) -> anyhow::Result<Timestamp> {
         .map_err(|e| anyhow::anyhow!("--{what} `{s}`: {e} (write it like 2026-11-24T06:00:00Z)"))
 }
 
+/// An enum value's proto name without its prefix, lowercase (`DEVICE_HEALTH_OK` → `ok`).
+fn short(name: Option<&str>, prefix: &str) -> String {
+    name.map_or_else(|| "?".to_owned(), |n| n.strip_prefix(prefix).unwrap_or(n).to_lowercase())
+}
+
 fn ts(t: &Option<prost_types::Timestamp>) -> String {
     t.as_ref().and_then(|t| wire::timestamp("ts", t).ok()).map_or_else(String::new, |t| t.to_string())
 }
@@ -184,14 +189,9 @@ async fn fetch(args: &QueryArgs, token: Option<String>) -> anyhow::Result<Table>
             let rows = values
                 .into_iter()
                 .map(|v| {
-                    let quality = v1::Quality::try_from(v.quality).map_or("?", |q| q.as_str_name());
-                    vec![
-                        v.device,
-                        v.metric,
-                        ts(&v.ts),
-                        format!("{}", v.value),
-                        quality.to_lowercase().replace("quality_", ""),
-                    ]
+                    let quality =
+                        short(v1::Quality::try_from(v.quality).ok().map(|q| q.as_str_name()), "QUALITY_");
+                    vec![v.device, v.metric, ts(&v.ts), format!("{}", v.value), quality]
                 })
                 .collect();
             Ok(Table { header: vec!["device", "metric", "ts", "value", "quality"], rows })
@@ -201,11 +201,12 @@ async fn fetch(args: &QueryArgs, token: Option<String>) -> anyhow::Result<Table>
             let rows = devices
                 .into_iter()
                 .map(|d| {
-                    let source = v1::Source::try_from(d.source)
-                        .map_or("?".to_owned(), |s| s.as_str_name().to_lowercase().replace("source_", ""));
-                    let health = v1::DeviceHealth::try_from(d.health).map_or("?".to_owned(), |h| {
-                        h.as_str_name().to_lowercase().replace("device_health_", "")
-                    });
+                    let source =
+                        short(v1::Source::try_from(d.source).ok().map(|s| s.as_str_name()), "SOURCE_");
+                    let health = short(
+                        v1::DeviceHealth::try_from(d.health).ok().map(|h| h.as_str_name()),
+                        "DEVICE_HEALTH_",
+                    );
                     vec![
                         d.id,
                         source,

@@ -13,7 +13,7 @@
 use super::codec::CodecError;
 use super::gwmp::Rxpk;
 use super::join::{self, AcceptParams};
-use super::mac::{self, Frame, FrameError, full_fcnt};
+use super::mac::{self, Frame, FrameError};
 use super::region::{Region, demodulation_floor, spreading_factor};
 use super::session::{Activation, DeviceConfig, DeviceState, Index, Queued, Session};
 use fieldgate_proto::{CommandId, DeviceId, Metric, Quality, Reading, Source, Timestamp};
@@ -150,10 +150,6 @@ impl NetworkServer {
 
     pub fn states(&self) -> &[DeviceState] {
         &self.states
-    }
-
-    pub fn device_index(&self, id: &DeviceId) -> Option<usize> {
-        self.index.by_id.get(id).copied()
     }
 
     /// The state file's content now.
@@ -422,11 +418,6 @@ impl NetworkServer {
         }
         queue.push_back(Queued { command, port: config.command_port, payload });
         Ok(queue.len())
-    }
-
-    /// The counter a frame with these 16 bits would take for `device` (for tests and tools).
-    pub fn next_fcnt(&self, device: usize, low: u16) -> Result<u32, FrameError> {
-        full_fcnt(self.states[device].session.as_ref().and_then(|s| s.fcnt_up), low)
     }
 }
 

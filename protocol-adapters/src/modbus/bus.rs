@@ -246,8 +246,13 @@ pub async fn run(
             biased;
             () = shutdown.cancelled() => break,
             Some(w) = writes.recv() => {
-                let outcome = write(&mut link, &devices, &w, &metrics).await;
-                let _ = w.done.send(outcome);
+                // A request in flight is abandoned at shutdown, however long its timeout: the
+                // caller is told the bus stopped (its `done` is dropped).
+                tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => break,
+                    outcome = write(&mut link, &devices, &w, &metrics) => { let _ = w.done.send(outcome); }
+                }
             }
             () = tokio::time::sleep_until(due) => {
                 if link.ctx.is_none() {
@@ -275,7 +280,13 @@ pub async fn run(
                         }
                     }
                 }
-                if let Err(e) = poll_device(&mut link, &mut devices[i], &batcher, &metrics, &health, &name).await {
+                let polled = tokio::select! {
+                    biased;
+                    // The readings of an unfinished poll were never acknowledged to anyone.
+                    () = shutdown.cancelled() => break,
+                    polled = poll_device(&mut link, &mut devices[i], &batcher, &metrics, &health, &name) => polled,
+                };
+                if let Err(e) = polled {
                     // The pipeline closes its input once the gateway stops: not a failure then.
                     if shutdown.is_cancelled() {
                         break;

@@ -83,6 +83,10 @@ impl Dispatcher {
                 });
             }
         }
+        // The id stops being "sending" however this call ends, also when the caller goes away
+        // (a deadline, a dropped connection) and this future is dropped mid-send: otherwise a
+        // retry with the same id would be answered DUPLICATE for a command never accepted.
+        let _sending = Sending { dispatcher: self, id: &command.id };
         let outcome = match source {
             Source::Mqtt => match &self.mqtt {
                 Some(mqtt) => mqtt.send(&command).await,
@@ -97,7 +101,6 @@ impl Dispatcher {
             },
         };
         let mut ids = self.ids();
-        ids.sending.remove(&command.id);
         match &outcome {
             Ok(sent) => {
                 ids.accepted.insert(command.id.clone());
@@ -140,5 +143,52 @@ impl Dispatcher {
 
     fn count(&self, source: Source, outcome: &'static str) {
         self.metrics.commands.get_or_create(&CommandLabels { source: source.as_str(), outcome }).inc();
+    }
+}
+
+/// Takes a command id out of the ids being sent when dropped.
+struct Sending<'a> {
+    dispatcher: &'a Dispatcher,
+    id: &'a CommandId,
+}
+
+impl Drop for Sending<'_> {
+    fn drop(&mut self) {
+        self.dispatcher.ids().sending.remove(self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fieldgate_proto::{Metric, Timestamp};
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_send_cut_short_by_its_caller_can_be_retried_with_the_same_id() {
+        let (tx, mut bus) = mpsc::channel(4);
+        let device = DeviceId::new("pump-1").unwrap();
+        let metrics = GatewayMetrics::register(&mut prometheus_client::registry::Registry::default());
+        let dispatcher =
+            Dispatcher::new(LiveState::default(), None, HashMap::from([(device.clone(), tx)]), None, metrics);
+        let command = Command {
+            id: CommandId::new("c-1"),
+            device,
+            created: Timestamp::now(),
+            action: Action::Set { metric: Metric::new("speed").unwrap(), value: 3.0 },
+        };
+        // The bus takes the write and never answers; the caller gives up.
+        let cut = tokio::time::timeout(Duration::from_secs(1), dispatcher.send(command.clone())).await;
+        assert!(cut.is_err());
+        let first = bus.recv().await.unwrap();
+        // The retry is sent, not answered DUPLICATE.
+        let retry = tokio::spawn({
+            let dispatcher = std::sync::Arc::new(dispatcher);
+            async move { dispatcher.send(command).await }
+        });
+        let second = bus.recv().await.unwrap();
+        assert_eq!(second.device, first.device);
+        second.done.send(Ok("written".to_owned())).unwrap();
+        assert_eq!(retry.await.unwrap().unwrap().delivery, Delivery::Delivered);
     }
 }

@@ -6,5 +6,7 @@
 //! still open), so they reach up to now.
 
 pub mod stats;
+pub mod summary;
 
 pub use stats::{QueryError, StatsAnswer, StatsQuery, StatsRow, source_window, stats};
+pub use summary::{Aggregate, Answer, DeviceActivity, TopQuery, TopRow, activity, top};

@@ -2,7 +2,9 @@
 //! holding some windows in files, some closed but unwritten, and some still open.
 #![allow(clippy::unwrap_used)]
 
-use fieldgate_analytics::{QueryError, StatsQuery, StatsRow, stats};
+use fieldgate_analytics::{
+    Aggregate, DeviceActivity, QueryError, StatsQuery, StatsRow, TopQuery, TopRow, activity, stats, top,
+};
 use fieldgate_proto::{DeviceId, Metric, Quality, Reading, Source, Timestamp};
 use fieldgate_store::{Store, StoreConfig, StoreMetrics};
 use std::collections::BTreeMap;
@@ -38,7 +40,7 @@ fn readings() -> Vec<Reading> {
 /// The answer computed from raw readings: rows of source window `w` whose start is in
 /// `[from, to)`, merged into buckets of `bucket` starting at `from`.
 fn reference(all: &[Reading], q: &StatsQuery, w: i64, bucket: i64) -> Vec<StatsRow> {
-    let (from, to) = (q.from.as_nanos(), q.to.as_nanos());
+    let (from, to) = (q.from.as_nanos(), q.to.unwrap().as_nanos());
     let mut groups: BTreeMap<(String, String, i64), Vec<&Reading>> = BTreeMap::new();
     for r in all {
         let ts = r.ts.as_nanos();
@@ -142,22 +144,34 @@ async fn stats_merge_files_unwritten_and_open_windows_exactly() {
                 devices: vec![],
                 metrics: vec![],
                 from: at(0),
-                to: at(400),
+                to: Some(at(400)),
                 window: Some(Duration::from_secs(10)),
             },
             10,
             10,
         ),
         (
-            "1 min from 10 s? no: from 1 min",
+            "1 min from 1 min",
             StatsQuery {
                 devices: vec![],
                 metrics: vec![],
                 from: at(60),
-                to: at(400),
+                to: Some(at(420)),
                 window: Some(Duration::from_secs(60)),
             },
             60,
+            60,
+        ),
+        (
+            "1 min ending off the minute: from 10 s, so nothing after `to` comes in",
+            StatsQuery {
+                devices: vec![],
+                metrics: vec![],
+                from: at(60),
+                to: Some(at(370)),
+                window: Some(Duration::from_secs(60)),
+            },
+            10,
             60,
         ),
         (
@@ -166,7 +180,7 @@ async fn stats_merge_files_unwritten_and_open_windows_exactly() {
                 devices: vec![bin("bin-1")],
                 metrics: vec![],
                 from: at(0),
-                to: at(400),
+                to: Some(at(480)),
                 window: Some(Duration::from_secs(120)),
             },
             60,
@@ -178,7 +192,7 @@ async fn stats_merge_files_unwritten_and_open_windows_exactly() {
                 devices: vec![bin("bin-2"), bin("bin-0")],
                 metrics: vec![Metric::new("temp_c").unwrap()],
                 from: at(20),
-                to: at(350),
+                to: Some(at(350)),
                 window: Some(Duration::from_secs(30)),
             },
             10,
@@ -190,7 +204,7 @@ async fn stats_merge_files_unwritten_and_open_windows_exactly() {
                 devices: vec![],
                 metrics: vec![Metric::new("level_pct").unwrap()],
                 from: at(0),
-                to: at(360),
+                to: Some(at(360)),
                 window: None,
             },
             60,
@@ -207,16 +221,27 @@ async fn stats_merge_files_unwritten_and_open_windows_exactly() {
         close(&answer.rows, &reference(&all, &q, w * S, b * S), what);
     }
     // The open windows are in: the last reading (at 378.2 s) is counted.
-    let q =
-        StatsQuery { devices: vec![bin("bin-2")], metrics: vec![], from: at(370), to: at(380), window: None };
+    let q = StatsQuery {
+        devices: vec![bin("bin-2")],
+        metrics: vec![],
+        from: at(370),
+        to: Some(at(380)),
+        window: None,
+    };
     let last = stats(dir.path(), &reader, &q).await.unwrap();
     assert!(last.rows.iter().all(|r| r.count > 0) && !last.rows.is_empty(), "{last:?}");
 
-    let base = StatsQuery { devices: vec![], metrics: vec![], from: at(0), to: at(60), window: None };
+    // A range reaching now needs no boundary at its end: nothing is stored after now.
+    let open = StatsQuery { devices: vec![], metrics: vec![], from: at(0), to: None, window: None };
+    let answer = stats(dir.path(), &reader, &open).await.unwrap();
+    assert_eq!(answer.rows.iter().map(|r| r.count).sum::<u64>(), all.len() as u64);
+
+    let base = StatsQuery { devices: vec![], metrics: vec![], from: at(0), to: Some(at(60)), window: None };
     let refusals = [
         StatsQuery { window: Some(Duration::from_secs(7)), ..base.clone() },
-        StatsQuery { from: at(60), to: at(0), ..base.clone() },
+        StatsQuery { from: at(60), to: Some(at(0)), ..base.clone() },
         StatsQuery { from: at(5), ..base.clone() },
+        StatsQuery { to: Some(at(65)), ..base.clone() },
     ];
     let mut messages = Vec::new();
     for q in refusals {
@@ -228,6 +253,91 @@ async fn stats_merge_files_unwritten_and_open_windows_exactly() {
     assert_eq!(messages[0], "a window of 7s is not a multiple of a stored window (10s, 1m)");
     assert!(messages[1].starts_with("`from` (2026-03-01T00:01:00"), "{}", messages[1]);
     assert!(messages[2].contains("is not on a boundary of a stored window"), "{}", messages[2]);
+    assert!(messages[3].starts_with("`to` (2026-03-01T00:01:05"), "{}", messages[3]);
+
+    // Top N and per-device activity, against the raw readings.
+    for (aggregate, ascending, range) in [
+        (Aggregate::Mean, false, (0, 360)),
+        (Aggregate::Max, true, (60, 300)),
+        (Aggregate::Last, false, (0, 380)),
+    ] {
+        let q = TopQuery {
+            metric: Metric::new("temp_c").unwrap(),
+            devices: vec![],
+            from: at(range.0),
+            to: Some(at(range.1)),
+            aggregate,
+            n: 2,
+            ascending,
+        };
+        let got = top(dir.path(), &reader, &q).await.unwrap().rows;
+        assert_eq!(got, top_reference(&all, &q), "{q:?}");
+    }
+    let got = activity(dir.path(), &reader, &[], at(60), Some(at(300))).await.unwrap().rows;
+    assert_eq!(got, activity_reference(&all, at(60), at(300)));
+    let one = activity(dir.path(), &reader, &[bin("bin-1")], at(0), Some(at(360))).await.unwrap().rows;
+    assert_eq!(
+        one,
+        activity_reference(&all, at(0), at(360))
+            .into_iter()
+            .filter(|a| a.device == "bin-1")
+            .collect::<Vec<_>>()
+    );
     drop(sink);
     tokio::task::spawn_blocking(move || store.close()).await.unwrap();
+}
+
+fn in_range(r: &Reading, from: Timestamp, to: Timestamp) -> bool {
+    // Rows are kept by window start; with aligned bounds that is the reading's own time.
+    r.ts >= from && r.ts < to
+}
+
+fn top_reference(all: &[Reading], q: &TopQuery) -> Vec<TopRow> {
+    let mut by_device: BTreeMap<&str, Vec<&Reading>> = BTreeMap::new();
+    for r in all.iter().filter(|r| r.metric == q.metric && in_range(r, q.from, q.to.unwrap())) {
+        by_device.entry(r.device.as_str()).or_default().push(r);
+    }
+    let mut rows: Vec<TopRow> = by_device
+        .into_iter()
+        .map(|(device, rs)| {
+            let values = rs.iter().map(|r| r.value);
+            let value = match q.aggregate {
+                Aggregate::Mean => values.sum::<f64>() / rs.len() as f64,
+                Aggregate::Max => values.fold(f64::NEG_INFINITY, f64::max),
+                Aggregate::Min => values.fold(f64::INFINITY, f64::min),
+                Aggregate::Sum => values.sum(),
+                Aggregate::Count => rs.len() as f64,
+                Aggregate::First => rs.iter().min_by_key(|r| r.ts).unwrap().value,
+                Aggregate::Last => rs.iter().max_by_key(|r| r.ts).unwrap().value,
+            };
+            let last_ts = rs.iter().map(|r| r.ts).max().unwrap();
+            TopRow { device: device.to_owned(), value, count: rs.len() as u64, last_ts }
+        })
+        .collect();
+    rows.sort_by(|a, b| {
+        let order = a.value.total_cmp(&b.value);
+        (if q.ascending { order } else { order.reverse() }).then_with(|| a.device.cmp(&b.device))
+    });
+    rows.truncate(q.n);
+    rows
+}
+
+fn activity_reference(all: &[Reading], from: Timestamp, to: Timestamp) -> Vec<DeviceActivity> {
+    let mut by_device: BTreeMap<&str, Vec<&Reading>> = BTreeMap::new();
+    for r in all.iter().filter(|r| in_range(r, from, to)) {
+        by_device.entry(r.device.as_str()).or_default().push(r);
+    }
+    let minutes = (to.as_nanos() - from.as_nanos()) as f64 / 60e9;
+    by_device
+        .into_iter()
+        .map(|(device, rs)| DeviceActivity {
+            device: device.to_owned(),
+            readings: rs.len() as u64,
+            metrics: rs.iter().map(|r| r.metric.as_str()).collect::<std::collections::BTreeSet<_>>().len()
+                as u32,
+            per_minute: rs.len() as f64 / minutes,
+            first_ts: rs.iter().map(|r| r.ts).min().unwrap(),
+            last_ts: rs.iter().map(|r| r.ts).max().unwrap(),
+        })
+        .collect()
 }

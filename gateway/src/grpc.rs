@@ -3,9 +3,12 @@
 //!
 //! With a `[grpc] token`, every call must carry `authorization: Bearer <token>`; others are
 //! refused with `UNAUTHENTICATED`. The token is compared in constant time and never logged.
+//! With `[grpc.tls]` the API is served over TLS (rustls), and with its `client_ca_file` only
+//! to clients presenting a certificate that chains to it; a handshake that fails never
+//! reaches a service.
 
 use crate::commands::Dispatcher;
-use crate::config::Secret;
+use crate::config::{GrpcTls, Secret};
 use fieldgate_proto::v1::command_service_server::{CommandService, CommandServiceServer};
 use fieldgate_proto::v1::query_service_server::QueryServiceServer;
 use fieldgate_proto::v1::{DeliveryStatus, SendRequest, SendResponse};
@@ -23,6 +26,7 @@ struct Commands {
 #[tonic::async_trait]
 impl CommandService for Commands {
     async fn send(&self, request: Request<SendRequest>) -> Result<Response<SendResponse>, Status> {
+        let budget = crate::deadline::budget(request.metadata());
         let wire =
             request.into_inner().command.ok_or_else(|| Status::invalid_argument("`command` is required"))?;
         let mut command =
@@ -35,7 +39,9 @@ impl CommandService for Commands {
         {
             return Err(Status::invalid_argument(format!("command: set.value must be finite, got {value}")));
         }
-        let sent = self.dispatcher.send(command).await.map_err(status)?;
+        let after = "; it may still reach the device (a retry with the same id is sent again)";
+        let work = async { self.dispatcher.send(command).await.map_err(status) };
+        let sent = crate::deadline::within(budget, "sending the command", after, work).await?;
         let status = match sent.delivery {
             Delivery::Delivered => DeliveryStatus::Delivered,
             Delivery::Queued => DeliveryStatus::Queued,
@@ -87,8 +93,16 @@ pub async fn serve(
     dispatcher: Arc<Dispatcher>,
     queries: crate::query::Queries,
     token: Option<Secret>,
+    tls: Option<GrpcTls>,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
+    let local = listener.local_addr().ok();
+    if tls.is_none() && token.is_some() && local.is_some_and(|a| !a.ip().is_loopback()) {
+        tracing::warn!(
+            listen = ?local,
+            "the gRPC API is served without TLS beyond loopback: its bearer token crosses the network in clear; add [grpc.tls]"
+        );
+    }
     let auth = Auth { expected: token.map(|t| Arc::new(t.expose().as_bytes().to_vec())) };
     let (check, check_reflection) = (auth.clone(), auth.clone());
     let commands = CommandServiceServer::with_interceptor(Commands { dispatcher }, move |r| check.check(r));
@@ -107,7 +121,18 @@ pub async fn serve(
         .expect("the built-in descriptor sets are valid");
     let reflection =
         tonic::service::interceptor::InterceptedService::new(reflection, move |r| check_reflection.check(r));
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+        let mut config = ServerTlsConfig::new()
+            .identity(Identity::from_pem(&tls.cert, &tls.key))
+            .timeout(TLS_HANDSHAKE_TIMEOUT);
+        if let Some(ca) = &tls.client_ca {
+            config = config.client_ca_root(Certificate::from_pem(ca));
+        }
+        builder = builder.tls_config(config)?;
+    }
+    let server = builder
         .add_service(health_service)
         .add_service(reflection)
         .add_service(commands)
@@ -129,6 +154,9 @@ pub async fn serve(
         }
     }
 }
+
+/// How long a client gets to finish its TLS handshake.
+pub const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How long open gRPC calls and connections get to finish once the gateway stops.
 pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);

@@ -10,6 +10,7 @@
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod deadline;
 pub mod grpc;
 pub mod health;
 pub mod http;

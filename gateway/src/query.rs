@@ -5,12 +5,13 @@
 //! window that is not a multiple of a stored one, `from` after `to`, a bad page token), or
 //! that the store is not running (`UNAVAILABLE`). Long answers come in pages.
 
+use crate::deadline;
 use crate::live::LiveState;
-use fieldgate_analytics::{QueryError, StatsQuery};
+use fieldgate_analytics::{Aggregate, QueryError, StatsQuery, TopQuery};
 use fieldgate_proto::v1::query_service_server::QueryService;
 use fieldgate_proto::v1::{
     self, DevicesRequest, DevicesResponse, FleetRequest, FleetResponse, LatestRequest, LatestResponse,
-    StatsRequest, StatsResponse,
+    StatsRequest, StatsResponse, SummaryRequest, SummaryResponse, TopRequest, TopResponse,
 };
 use fieldgate_proto::{DeviceId, Metric, Source, Timestamp, wire};
 use fieldgate_store::StoreReader;
@@ -24,6 +25,8 @@ pub const DEFAULT_PAGE: usize = 10_000;
 pub const MAX_PAGE: usize = 100_000;
 /// A device not heard from for this long is stale.
 pub const STALE_AFTER: Duration = Duration::from_secs(600);
+/// Devices in a Top answer when the caller does not say.
+pub const DEFAULT_TOP: usize = 10;
 
 /// The query service's view of the gateway.
 #[derive(Debug, Clone)]
@@ -51,20 +54,25 @@ fn query_status(e: QueryError) -> Status {
     }
 }
 
+fn invalid(e: impl ToString) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+/// `from` (required) and `to` (unset: now) of a request.
+fn range(
+    from: Option<&prost_types::Timestamp>,
+    to: Option<&prost_types::Timestamp>,
+) -> Result<(Timestamp, Option<Timestamp>), Status> {
+    let from = from.ok_or_else(|| Status::invalid_argument("`from` is required"))?;
+    let from = wire::timestamp("from", from).map_err(invalid)?;
+    let to = to.map(|t| wire::timestamp("to", t)).transpose().map_err(invalid)?;
+    Ok((from, to))
+}
+
 impl Queries {
     fn stats_query(&self, r: &StatsRequest) -> Result<StatsQuery, Status> {
-        let from = r.from.as_ref().ok_or_else(|| Status::invalid_argument("`from` is required"))?;
-        let from = wire::timestamp("from", from).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let to = match &r.to {
-            Some(t) => wire::timestamp("to", t).map_err(|e| Status::invalid_argument(e.to_string()))?,
-            None => Timestamp::now(),
-        };
-        let window = match &r.window {
-            Some(w) => {
-                Some(wire::duration("window", w).map_err(|e| Status::invalid_argument(e.to_string()))?)
-            }
-            None => None,
-        };
+        let (from, to) = range(r.from.as_ref(), r.to.as_ref())?;
+        let window = r.window.as_ref().map(|w| wire::duration("window", w)).transpose().map_err(invalid)?;
         Ok(StatsQuery {
             devices: names("devices", &r.devices, wire::device)?,
             metrics: names("metrics", &r.metrics, wire::metric)?,
@@ -73,21 +81,59 @@ impl Queries {
             window,
         })
     }
+
+    fn top_query(r: &TopRequest) -> Result<TopQuery, Status> {
+        if r.metric.is_empty() {
+            return Err(Status::invalid_argument("`metric` is required"));
+        }
+        let (from, to) = range(r.from.as_ref(), r.to.as_ref())?;
+        let aggregate = match v1::Aggregate::try_from(r.aggregate) {
+            Ok(v1::Aggregate::Unspecified | v1::Aggregate::Mean) => Aggregate::Mean,
+            Ok(v1::Aggregate::Min) => Aggregate::Min,
+            Ok(v1::Aggregate::Max) => Aggregate::Max,
+            Ok(v1::Aggregate::Sum) => Aggregate::Sum,
+            Ok(v1::Aggregate::Count) => Aggregate::Count,
+            Ok(v1::Aggregate::First) => Aggregate::First,
+            Ok(v1::Aggregate::Last) => Aggregate::Last,
+            Err(_) => {
+                return Err(Status::invalid_argument(format!("`aggregate` {} is not one", r.aggregate)));
+            }
+        };
+        Ok(TopQuery {
+            metric: wire::metric("metric", &r.metric).map_err(invalid)?,
+            devices: names("devices", &r.devices, wire::device)?,
+            from,
+            to,
+            aggregate,
+            n: if r.n == 0 { DEFAULT_TOP } else { r.n as usize },
+            ascending: r.ascending,
+        })
+    }
+
+    /// Every device the gateway knows: configured or heard from, with what it knows of it.
+    fn known(&self) -> BTreeMap<DeviceId, (Option<crate::live::Device>, bool)> {
+        let mut all: BTreeMap<DeviceId, (Option<crate::live::Device>, bool)> =
+            self.live.devices().into_iter().map(|(id, d)| (id, (Some(d), false))).collect();
+        for id in self.configured.keys() {
+            all.entry(id.clone()).or_insert((None, false)).1 = true;
+        }
+        all
+    }
+
+    fn source_of(&self, id: &DeviceId, d: Option<&crate::live::Device>) -> v1::Source {
+        d.map(|d| d.source)
+            .or_else(|| self.configured.get(id).copied())
+            .map_or(v1::Source::Unspecified, v1::Source::from)
+    }
 }
 
-fn health(
-    configured: bool,
-    last_seen: Option<Timestamp>,
-    bad: u64,
-    readings: u64,
-    now: Timestamp,
-) -> v1::DeviceHealth {
-    match last_seen {
+fn health(configured: bool, d: Option<&crate::live::Device>, now: Timestamp) -> v1::DeviceHealth {
+    match d {
         None if configured => v1::DeviceHealth::NeverSeen,
         None => v1::DeviceHealth::Unspecified,
-        Some(t) if now.duration_since(t) > STALE_AFTER => v1::DeviceHealth::Stale,
+        Some(d) if now.duration_since(d.last_seen) > STALE_AFTER => v1::DeviceHealth::Stale,
         // Mostly bad readings: answering with errors.
-        Some(_) if readings > 0 && bad * 2 > readings => v1::DeviceHealth::Failing,
+        Some(d) if d.readings > 0 && d.bad * 2 > d.readings => v1::DeviceHealth::Failing,
         Some(_) => v1::DeviceHealth::Ok,
     }
 }
@@ -95,6 +141,7 @@ fn health(
 #[tonic::async_trait]
 impl QueryService for Queries {
     async fn stats(&self, request: Request<StatsRequest>) -> Result<Response<StatsResponse>, Status> {
+        let budget = deadline::budget(request.metadata());
         let r = request.into_inner();
         let q = self.stats_query(&r)?;
         let page = match r.page_size {
@@ -108,8 +155,9 @@ impl QueryService for Queries {
                 .parse()
                 .map_err(|_| Status::invalid_argument("`page_token` is not one this gateway gave"))?
         };
-        let answer =
-            fieldgate_analytics::stats(&self.data_dir, &self.store, &q).await.map_err(query_status)?;
+        let work =
+            async { fieldgate_analytics::stats(&self.data_dir, &self.store, &q).await.map_err(query_status) };
+        let answer = deadline::within(budget, "the stats query", "", work).await?;
         let total = answer.rows.len();
         let rows = answer
             .rows
@@ -166,34 +214,93 @@ impl QueryService for Queries {
 
     async fn devices(&self, _request: Request<DevicesRequest>) -> Result<Response<DevicesResponse>, Status> {
         let now = Timestamp::now();
-        let heard: BTreeMap<DeviceId, crate::live::Device> = self.live.devices().into_iter().collect();
-        let ids: std::collections::BTreeSet<&DeviceId> = heard.keys().chain(self.configured.keys()).collect();
-        let devices = ids
+        let devices = self
+            .known()
             .into_iter()
-            .map(|id| {
-                let d = heard.get(id);
-                let configured = self.configured.contains_key(id);
-                let source = d.map(|d| d.source).or_else(|| self.configured.get(id).copied());
+            .map(|(id, (d, configured))| {
+                let d = d.as_ref();
                 v1::Device {
                     id: id.to_string(),
-                    source: source.map_or(v1::Source::Unspecified, v1::Source::from).into(),
+                    source: self.source_of(&id, d).into(),
                     configured,
                     first_seen: d.map(|d| d.first_seen.into()),
                     last_seen: d.map(|d| d.last_seen.into()),
-                    health: health(
-                        configured,
-                        d.map(|d| d.last_seen),
-                        d.map_or(0, |d| d.bad),
-                        d.map_or(0, |d| d.readings),
-                        now,
-                    )
-                    .into(),
+                    health: health(configured, d, now).into(),
                     readings: d.map_or(0, |d| d.readings),
                     errors: d.map_or(0, |d| d.bad),
                 }
             })
             .collect();
         Ok(Response::new(DevicesResponse { devices }))
+    }
+
+    async fn top(&self, request: Request<TopRequest>) -> Result<Response<TopResponse>, Status> {
+        let q = Self::top_query(request.get_ref())?;
+        let work =
+            async { fieldgate_analytics::top(&self.data_dir, &self.store, &q).await.map_err(query_status) };
+        let answer =
+            deadline::within(deadline::budget(request.metadata()), "the top query", "", work).await?;
+        let rows = answer
+            .rows
+            .into_iter()
+            .map(|r| v1::TopRow {
+                device: r.device,
+                value: r.value,
+                count: r.count,
+                last_ts: Some(r.last_ts.into()),
+            })
+            .collect();
+        Ok(Response::new(TopResponse {
+            rows,
+            source_window: Some(wire::to_wire_duration(answer.source_window)),
+        }))
+    }
+
+    async fn summary(&self, request: Request<SummaryRequest>) -> Result<Response<SummaryResponse>, Status> {
+        let budget = deadline::budget(request.metadata());
+        let r = request.into_inner();
+        let (from, to) = range(r.from.as_ref(), r.to.as_ref())?;
+        let wanted: Vec<DeviceId> = names("devices", &r.devices, wire::device)?;
+        let work = async {
+            fieldgate_analytics::activity(&self.data_dir, &self.store, &wanted, from, to)
+                .await
+                .map_err(query_status)
+        };
+        let answer = deadline::within(budget, "the summary query", "", work).await?;
+        let mut activity: BTreeMap<String, fieldgate_analytics::DeviceActivity> =
+            answer.rows.into_iter().map(|a| (a.device.clone(), a)).collect();
+        let now = Timestamp::now();
+        let mut known = self.known();
+        // Devices with rows in the range but neither configured nor in the registry any more.
+        for name in activity.keys() {
+            if let Ok(id) = DeviceId::new(name) {
+                known.entry(id).or_insert((None, false));
+            }
+        }
+        let devices = known
+            .into_iter()
+            .filter(|(id, _)| wanted.is_empty() || wanted.contains(id))
+            .map(|(id, (d, configured))| {
+                let d = d.as_ref();
+                let a = activity.remove(id.as_str());
+                v1::DeviceSummary {
+                    device: id.to_string(),
+                    source: self.source_of(&id, d).into(),
+                    readings: a.as_ref().map_or(0, |a| a.readings),
+                    metrics: a.as_ref().map_or(0, |a| a.metrics),
+                    readings_per_minute: a.as_ref().map_or(0.0, |a| a.per_minute),
+                    first_ts: a.as_ref().map(|a| a.first_ts.into()),
+                    last_ts: a.as_ref().map(|a| a.last_ts.into()),
+                    last_seen: d.map(|d| d.last_seen.into()),
+                    errors: d.map_or(0, |d| d.bad),
+                    health: health(configured, d, now).into(),
+                }
+            })
+            .collect();
+        Ok(Response::new(SummaryResponse {
+            devices,
+            source_window: Some(wire::to_wire_duration(answer.source_window)),
+        }))
     }
 
     async fn fleet(&self, _request: Request<FleetRequest>) -> Result<Response<FleetResponse>, Status> {

@@ -20,6 +20,20 @@ pub struct QueryArgs {
     pub token_file: Option<std::path::PathBuf>,
     #[arg(long, value_enum, default_value_t = Format::Table, global = true)]
     pub format: Format,
+    /// Connect over TLS, trusting the gateway's certificate if it chains to this CA file (PEM).
+    #[arg(long, global = true)]
+    pub tls_ca_file: Option<std::path::PathBuf>,
+    /// This client's certificate and key (PEM), for gateways that require one.
+    #[arg(long, global = true, requires = "tls_key_file")]
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    #[arg(long, global = true, requires = "tls_cert_file")]
+    pub tls_key_file: Option<std::path::PathBuf>,
+    /// The name the gateway's certificate is for, when not the host of --grpc.
+    #[arg(long, global = true)]
+    pub tls_domain: Option<String>,
+    /// How long to wait for each answer; the gateway gives up at this deadline too.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, global = true)]
+    pub timeout: Duration,
     #[command(subcommand)]
     pub command: QueryCommand,
 }
@@ -64,8 +78,82 @@ pub enum QueryCommand {
     },
     /// Configured and discovered devices, their protocol, when they were heard and health.
     Devices,
+    /// The devices with the largest (or smallest) value of a metric over a span.
+    Top {
+        /// The metric to rank by.
+        #[arg(long)]
+        metric: String,
+        /// What of it: mean, min, max, sum, count, first or last.
+        #[arg(long, value_enum, default_value_t = TopBy::Mean)]
+        by: TopBy,
+        /// How many devices.
+        #[arg(long, short = 'n', default_value_t = 10)]
+        n: u32,
+        /// Smallest first.
+        #[arg(long)]
+        ascending: bool,
+        #[command(flatten)]
+        span: Span,
+    },
+    /// Per device: readings, rate, last seen and errors over a span.
+    Summary {
+        /// A device to include (repeat for more); all when none is given.
+        #[arg(long = "device")]
+        devices: Vec<String>,
+        #[command(flatten)]
+        span: Span,
+    },
     /// The harvest fleet as the dispatcher sees it.
     Fleet,
+}
+
+/// A span of time: `--from`/`--to`, or `--last`.
+#[derive(Debug, clap::Args)]
+pub struct Span {
+    /// Start, RFC 3339 (2026-11-24T06:00:00Z); or use --last.
+    #[arg(long, conflicts_with = "last")]
+    from: Option<String>,
+    /// End (exclusive), RFC 3339; now when left out.
+    #[arg(long, conflicts_with = "last")]
+    to: Option<String>,
+    /// The span up to now, e.g. 24h (its start is put on a minute boundary).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    last: Option<Duration>,
+}
+
+impl Span {
+    fn range(&self, align: Duration) -> anyhow::Result<(Timestamp, Option<Timestamp>)> {
+        match (self.last, &self.from) {
+            (Some(span), _) => Ok((Timestamp::now().saturating_sub(span).floor_to(align), None)),
+            (None, Some(f)) => Ok((time("from", f)?, self.to.as_deref().map(|t| time("to", t)).transpose()?)),
+            (None, None) => anyhow::bail!("give --from (and --to), or --last"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TopBy {
+    Mean,
+    Min,
+    Max,
+    Sum,
+    Count,
+    First,
+    Last,
+}
+
+impl From<TopBy> for v1::Aggregate {
+    fn from(b: TopBy) -> Self {
+        match b {
+            TopBy::Mean => v1::Aggregate::Mean,
+            TopBy::Min => v1::Aggregate::Min,
+            TopBy::Max => v1::Aggregate::Max,
+            TopBy::Sum => v1::Aggregate::Sum,
+            TopBy::Count => v1::Aggregate::Count,
+            TopBy::First => v1::Aggregate::First,
+            TopBy::Last => v1::Aggregate::Last,
+        }
+    }
 }
 
 fn time(what: &str, s: &str) -> anyhow::Result<Timestamp> {
@@ -105,16 +193,41 @@ struct Table {
     rows: Vec<Vec<String>>,
 }
 
+fn read(flag: &str, path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| anyhow::anyhow!("--{flag} {}: {e}", path.display()))
+}
+
 async fn fetch(args: &QueryArgs, token: Option<String>) -> anyhow::Result<Table> {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", args.grpc))
-        .map_err(|e| anyhow::anyhow!("--grpc {}: {e}", args.grpc))?;
+    let tls = args.tls_ca_file.is_some() || args.tls_cert_file.is_some();
+    let scheme = if tls { "https" } else { "http" };
+    let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{}", args.grpc))
+        .map_err(|e| anyhow::anyhow!("--grpc {}: {e}", args.grpc))?
+        .connect_timeout(args.timeout);
+    if tls {
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        let mut config = ClientTlsConfig::new();
+        if let Some(ca) = &args.tls_ca_file {
+            config = config.ca_certificate(Certificate::from_pem(read("tls-ca-file", ca)?));
+        }
+        if let (Some(cert), Some(key)) = (&args.tls_cert_file, &args.tls_key_file) {
+            config =
+                config.identity(Identity::from_pem(read("tls-cert-file", cert)?, read("tls-key-file", key)?));
+        }
+        if let Some(domain) = &args.tls_domain {
+            config = config.domain_name(domain);
+        }
+        endpoint = endpoint.tls_config(config).map_err(|e| anyhow::anyhow!("TLS: {e}"))?;
+    }
     let channel = endpoint.connect().await.map_err(|e| {
         anyhow::anyhow!(
             "cannot reach the gateway's gRPC API at {}: {e} (is it running, with [grpc] on?)",
             args.grpc
         )
     })?;
+    let timeout = args.timeout;
     let auth = move |mut r: tonic::Request<()>| {
+        // Sent as `grpc-timeout`: the gateway stops working on the call when we stop waiting.
+        r.set_timeout(timeout);
         if let Some(t) = &token {
             let value =
                 format!("Bearer {t}").parse().map_err(|_| tonic::Status::invalid_argument("bad token"))?;
@@ -231,6 +344,77 @@ async fn fetch(args: &QueryArgs, token: Option<String>) -> anyhow::Result<Table>
             ];
             Ok(Table { header, rows })
         }
+        QueryCommand::Top { metric, by, n, ascending, span } => {
+            let (from, to) = span.range(Duration::from_secs(60))?;
+            let request = v1::TopRequest {
+                metric: metric.clone(),
+                aggregate: v1::Aggregate::from(*by).into(),
+                from: Some(from.into()),
+                to: to.map(Into::into),
+                n: *n,
+                ascending: *ascending,
+                devices: Vec::new(),
+            };
+            let rows = client.top(request).await.map_err(status)?.into_inner().rows;
+            let rows = rows
+                .into_iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    vec![
+                        (i + 1).to_string(),
+                        r.device,
+                        format!("{}", r.value),
+                        r.count.to_string(),
+                        ts(&r.last_ts),
+                    ]
+                })
+                .collect();
+            let header = vec!["rank", "device", by_name(*by), "count", "last_ts"];
+            Ok(Table { header, rows })
+        }
+        QueryCommand::Summary { devices, span } => {
+            let (from, to) = span.range(Duration::from_secs(60))?;
+            let request = v1::SummaryRequest {
+                from: Some(from.into()),
+                to: to.map(Into::into),
+                devices: devices.clone(),
+            };
+            let summary = client.summary(request).await.map_err(status)?.into_inner().devices;
+            let rows = summary
+                .into_iter()
+                .map(|d| {
+                    let source =
+                        short(v1::Source::try_from(d.source).ok().map(|s| s.as_str_name()), "SOURCE_");
+                    let health = short(
+                        v1::DeviceHealth::try_from(d.health).ok().map(|h| h.as_str_name()),
+                        "DEVICE_HEALTH_",
+                    );
+                    vec![
+                        d.device,
+                        source,
+                        d.readings.to_string(),
+                        d.metrics.to_string(),
+                        format!("{:.2}", d.readings_per_minute),
+                        ts(&d.last_ts),
+                        ts(&d.last_seen),
+                        d.errors.to_string(),
+                        health,
+                    ]
+                })
+                .collect();
+            let header = vec![
+                "device",
+                "source",
+                "readings",
+                "metrics",
+                "per_minute",
+                "last_reading",
+                "last_seen",
+                "errors",
+                "health",
+            ];
+            Ok(Table { header, rows })
+        }
         QueryCommand::Fleet => {
             let fleet = client.fleet(FleetRequest {}).await.map_err(status)?.into_inner();
             let mut rows: Vec<Vec<String>> = fleet
@@ -251,6 +435,18 @@ async fn fetch(args: &QueryArgs, token: Option<String>) -> anyhow::Result<Table>
             }));
             Ok(Table { header: vec!["machine", "fill", "state", "full_at", "last_seen"], rows })
         }
+    }
+}
+
+fn by_name(by: TopBy) -> &'static str {
+    match by {
+        TopBy::Mean => "mean",
+        TopBy::Min => "min",
+        TopBy::Max => "max",
+        TopBy::Sum => "sum",
+        TopBy::Count => "count",
+        TopBy::First => "first",
+        TopBy::Last => "last",
     }
 }
 

@@ -277,14 +277,19 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         let bind_error = |source| RunError::Bind { what: "the gRPC API", addr: grpc.listen, source };
         let listener = tokio::net::TcpListener::bind(grpc.listen).await.map_err(bind_error)?;
         let addr = listener.local_addr().map_err(bind_error)?;
+        let security = match &grpc.tls {
+            Some(t) if t.client_ca.is_some() => " over TLS, client certificates required",
+            Some(_) => " over TLS",
+            None => "",
+        };
         let stop = running.servers_shutdown.clone();
         running.spawn_server("grpc", async move {
-            crate::grpc::serve(listener, dispatcher, queries, grpc.token, stop)
+            crate::grpc::serve(listener, dispatcher, queries, grpc.token, grpc.tls, stop)
                 .await
                 .map_err(|e| e.to_string())
         });
         running.grpc_addr = Some(addr);
-        health.set("grpc", Status::Up, format!("serving on {addr}"));
+        health.set("grpc", Status::Up, format!("serving on {addr}{security}"));
     }
     health.set("gateway", Status::Up, format!("gateway `{}` running", config.gateway.id));
     let grpc_addr = running.grpc_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into());

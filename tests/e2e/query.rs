@@ -119,6 +119,56 @@ fn stats_over_grpc_and_the_cli_match_the_readings_sent() {
         check(&rows, &reference(from, to, source_ms, bucket_ms), &format!("window {window:?}"));
     }
 
+    // Top N and the per-device summary, against the same readings.
+    let (ok, out, err) = cli(
+        grpc,
+        Some(TOKEN),
+        &["top", "--metric", "level_pct", "--by", "max", "-n", "2", span[0], span[1], span[2], span[3]],
+    );
+    assert!(ok, "{err}");
+    let top: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    let mut want: Vec<(String, f64, u64)> = (0..3)
+        .map(|d| {
+            let device = format!("bin-{d}");
+            let mine = reference(from, to, 60_000, 600_000);
+            let (count, _, _, max) = mine.iter().find(|((dev, _), _)| *dev == device).unwrap().1;
+            (device, *max, *count)
+        })
+        .collect();
+    want.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let got: Vec<(String, f64, u64)> = top
+        .iter()
+        .map(|r| {
+            (
+                r["device"].as_str().unwrap().to_owned(),
+                r["max"].as_f64().unwrap(),
+                r["count"].as_f64().unwrap() as u64,
+            )
+        })
+        .collect();
+    assert_eq!(got, want[..2].to_vec());
+    let (ok, out, err) = cli(grpc, Some(TOKEN), &["summary", span[0], span[1], span[2], span[3]]);
+    assert!(ok, "{err}");
+    let summary: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(summary.len(), 3, "{summary:?}");
+    for row in &summary {
+        let device = row["device"].as_str().unwrap();
+        let sent: Vec<i64> = readings()
+            .into_iter()
+            .filter(|(d, ts, _)| d == device && *ts >= from && *ts < to)
+            .map(|(_, ts, _)| ts)
+            .collect();
+        assert_eq!(row["readings"].as_f64(), Some(sent.len() as f64), "{row}");
+        assert_eq!(
+            row["per_minute"].as_f64(),
+            Some((sent.len() as f64 / 10.0 * 100.0).round() / 100.0),
+            "{row}"
+        );
+        let last = fieldgate_proto::Timestamp::parse_rfc3339(row["last_reading"].as_str().unwrap()).unwrap();
+        assert_eq!(last.as_nanos() / 1_000_000, *sent.iter().max().unwrap(), "{row}");
+        assert_eq!((row["errors"].as_f64(), row["source"].as_str()), (Some(0.0), Some("mqtt")), "{row}");
+    }
+
     // An independent client (Python grpcio, stubs generated from the proto files) gets the
     // same numbers as the CLI, in pages of seven; without the token it is refused.
     let (ok, out, err) = cli(
@@ -256,4 +306,148 @@ fn stats_over_grpc_and_the_cli_match_the_readings_sent() {
     // all the same, after a short grace.
     gw.stop_cleanly();
     drop(rt);
+}
+
+/// A self-signed certificate and key, chaining to no CA the gateway trusts.
+fn stranger(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert =
+        rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap().self_signed(&key).unwrap();
+    let (c, k) = (dir.join("stranger.pem"), dir.join("stranger.key"));
+    std::fs::write(&c, cert.pem()).unwrap();
+    std::fs::write(&k, key.serialize_pem()).unwrap();
+    (c, k)
+}
+
+#[test]
+fn over_mutual_tls_a_client_without_the_right_certificate_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = fieldgate_tests::Pki::generate(dir.path());
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[grpc]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n[grpc.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nclient_ca_file = \"{}\"\n",
+            pki.server_cert.display(),
+            pki.server_key.display(),
+            pki.ca.display()
+        ),
+    );
+    let mut gw = GatewayProcess::spawn(&["run", "--config", config.to_str().unwrap()]);
+    let port = gw.wait_broker().port();
+    let http = gw.wait_started();
+    let grpc = gw.grpc_addr();
+    mqtt_publish(
+        port,
+        &[("fieldgate/silo-1".to_owned(), format!(r#"{{"ts": {BASE_MS}, "level_pct": 41.5}}"#))],
+    );
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_owned();
+    let (stranger_cert, stranger_key) = stranger(dir.path());
+    let query = |client: Option<(&str, &str)>, ca: &str| {
+        let mut args =
+            vec!["--tls-ca-file".to_owned(), ca.to_owned(), "--tls-domain".into(), "localhost".into()];
+        if let Some((c, k)) = client {
+            args.extend(["--tls-cert-file".into(), c.to_owned(), "--tls-key-file".into(), k.to_owned()]);
+        }
+        args.extend(["latest".into(), "--device".into(), "silo-1".into()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        cli(grpc, Some(TOKEN), &args)
+    };
+    // The right client certificate: answered, over TLS.
+    let (ok, out, err) = query(Some((&path(&pki.client_cert), &path(&pki.client_key))), &path(&pki.ca));
+    assert!(ok, "{err}");
+    let values: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(values[0]["value"].as_f64(), Some(41.5), "{out}");
+    // A certificate from no CA the gateway trusts, none at all, or no TLS: refused.
+    let (ok, _, err) = query(Some((&path(&stranger_cert), &path(&stranger_key))), &path(&pki.ca));
+    assert!(!ok, "a stranger's certificate is refused: {err}");
+    let (ok, _, err) = query(None, &path(&pki.ca));
+    assert!(!ok, "no client certificate is refused: {err}");
+    let (ok, _, err) = cli(grpc, Some(TOKEN), &["latest"]);
+    assert!(!ok, "plain text is refused: {err}");
+    // The client checks the gateway too: a gateway certificate from another CA is refused.
+    let (ok, _, err) = query(Some((&path(&pki.client_cert), &path(&pki.client_key))), &path(&pki.other_ca));
+    assert!(!ok && err.contains("cannot reach"), "{err}");
+    // A tonic client with a stranger's certificate never reaches a service.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(std::fs::read(&pki.ca).unwrap()))
+            .identity(Identity::from_pem(
+                std::fs::read(&stranger_cert).unwrap(),
+                std::fs::read(&stranger_key).unwrap(),
+            ))
+            .domain_name("localhost");
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("https://{grpc}"))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap();
+        let refused = match endpoint.connect().await {
+            Err(_) => true,
+            Ok(channel) => {
+                let mut client = QueryServiceClient::new(channel);
+                let mut request = tonic::Request::new(v1::DevicesRequest {});
+                request.metadata_mut().insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+                client.devices(request).await.is_err()
+            }
+        };
+        assert!(refused);
+    });
+    let health = fieldgate_tests::wait_health(http, "grpc", "up");
+    assert!(health.to_string().contains("over TLS, client certificates required"), "{health}");
+    gw.stop_cleanly();
+}
+
+#[test]
+fn a_call_is_answered_by_its_deadline_when_the_device_does_not_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    // A Modbus "device" that takes connections and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[grpc]\nlisten = \"127.0.0.1:0\"\n\n[[modbus.device]]\nid = \"pump-1\"\ntcp = \"{}\"\nunit = 1\npoll = \"1s\"\ntimeout = \"60s\"\n\n[[modbus.device.point]]\nmetric = \"speed\"\ntable = \"holding_register\"\naddress = 0\ntype = \"u16\"\n",
+            silent.local_addr().unwrap()
+        ),
+    );
+    let mut gw = GatewayProcess::spawn(&["run", "--config", config.to_str().unwrap()]);
+    let grpc = gw.grpc_addr();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let send = |id: &str| {
+        rt.block_on(async {
+            use fieldgate_proto::v1::command_service_client::CommandServiceClient;
+            let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+            let command = v1::Command {
+                id: id.into(),
+                device: "pump-1".into(),
+                created_ns: 0,
+                action: Some(v1::command::Action::Set(v1::SetValue { metric: "speed".into(), value: 900.0 })),
+            };
+            let mut request = tonic::Request::new(v1::SendRequest { command: Some(command) });
+            request.set_timeout(std::time::Duration::from_secs(3));
+            // Far beyond the caller's deadline, far short of the device's 60 s timeout: only
+            // a gateway that keeps the deadline answers within it.
+            tokio::time::timeout(
+                std::time::Duration::from_secs(30),
+                CommandServiceClient::new(channel).send(request),
+            )
+            .await
+            .expect("answered long before the device's timeout")
+        })
+    };
+    let e = send("slow-1").unwrap_err();
+    assert_eq!(e.code(), tonic::Code::DeadlineExceeded, "{e:?}");
+    assert!(
+        e.message().starts_with("sending the command did not finish within the caller's deadline of 3s"),
+        "{e:?}"
+    );
+    // The command was not accepted: the same id is tried again, not answered DUPLICATE.
+    let again = send("slow-1").unwrap_err();
+    assert_eq!(again.code(), tonic::Code::DeadlineExceeded, "{again:?}");
+    gw.stop_cleanly();
+    drop(silent);
 }

@@ -68,6 +68,27 @@ pub struct GrpcConfig {
     pub listen: SocketAddr,
     /// The bearer token calls must carry, if any.
     pub token: Option<Secret>,
+    /// TLS, if `[grpc.tls]` is given.
+    pub tls: Option<GrpcTls>,
+}
+
+/// The PEM material of `[grpc.tls]`, read and checked when the config is loaded.
+#[derive(Clone)]
+pub struct GrpcTls {
+    pub cert: Vec<u8>,
+    pub key: Vec<u8>,
+    /// With it, clients must present a certificate that chains to it.
+    pub client_ca: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for GrpcTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GrpcTls")
+            .field("cert", &format!("{} bytes", self.cert.len()))
+            .field("key", &"<private key>")
+            .field("client_ca", &self.client_ca.as_ref().map(|c| format!("{} bytes", c.len())))
+            .finish()
+    }
 }
 
 /// Mappings used when the config gives none: `fieldgate/<device>` carries a JSON object (its
@@ -147,7 +168,7 @@ impl Validator {
         let gateway = self.gateway(raw.gateway, base);
         let store = self.store(raw.store, &gateway.data_dir);
         let mqtt = self.mqtt(raw.mqtt, &gateway.id, base, env);
-        let grpc = self.grpc(raw.grpc, env);
+        let grpc = self.grpc(raw.grpc, env, base);
         let modbus = self.modbus(raw.modbus);
         let lorawan = self.lorawan(raw.lorawan, env);
         Config {
@@ -446,7 +467,12 @@ impl Validator {
         })
     }
 
-    fn grpc(&mut self, raw: raw::RawGrpc, env: &dyn Fn(&str) -> Option<String>) -> Option<GrpcConfig> {
+    fn grpc(
+        &mut self,
+        raw: raw::RawGrpc,
+        env: &dyn Fn(&str) -> Option<String>,
+        base: &Path,
+    ) -> Option<GrpcConfig> {
         let listen = self.address("grpc.listen", &raw.listen);
         let token = raw.token.and_then(|t| match t.resolve(env) {
             Ok(secret) if secret.expose().is_empty() => {
@@ -465,7 +491,35 @@ impl Validator {
                 "the gRPC API sends commands to machines: beyond loopback it needs a `token` in [grpc]",
             );
         }
-        raw.enabled.then_some(GrpcConfig { listen, token })
+        let tls = raw.tls.and_then(|t| self.grpc_tls(t, base));
+        raw.enabled.then_some(GrpcConfig { listen, token, tls })
+    }
+
+    /// Read the PEM files of `[grpc.tls]` and check that they make a working server
+    /// configuration, naming the key of whatever is wrong.
+    fn grpc_tls(&mut self, raw: raw::RawGrpcTls, base: &Path) -> Option<GrpcTls> {
+        let mut read = |key: &str, path: &Path| -> Option<Vec<u8>> {
+            let path = base.join(path);
+            std::fs::read(&path)
+                .map_err(|e| {
+                    self.problem(&format!("grpc.tls.{key}"), format!("cannot read {}: {e}", path.display()))
+                })
+                .ok()
+        };
+        let cert = read("cert_file", &raw.cert_file);
+        let key = read("key_file", &raw.key_file);
+        let client_ca = match &raw.client_ca_file {
+            Some(p) => Some(read("client_ca_file", p)?),
+            None => None,
+        };
+        let tls = GrpcTls { cert: cert?, key: key?, client_ca };
+        match server_tls_check(&tls) {
+            Ok(()) => Some(tls),
+            Err((key, why)) => {
+                self.problem(&format!("grpc.tls.{key}"), why);
+                None
+            }
+        }
     }
 
     fn gateway(&mut self, raw: raw::RawGateway, base: &Path) -> GatewayConfig {
@@ -867,3 +921,43 @@ fn default_mappings() -> Vec<Mapping> {
 
 #[cfg(test)]
 mod tests;
+
+/// Build a rustls server configuration from `tls` as the gRPC server will: the key of the
+/// file at fault and why, if it cannot be.
+fn server_tls_check(tls: &GrpcTls) -> Result<(), (&'static str, String)> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = |pem: &[u8]| CertificateDer::pem_slice_iter(pem).collect::<Result<Vec<_>, _>>();
+    let chain = certs(&tls.cert).map_err(|e| ("cert_file", e.to_string()))?;
+    if chain.is_empty() {
+        return Err(("cert_file", "no PEM certificate found".to_owned()));
+    }
+    let key = PrivateKeyDer::from_pem_slice(&tls.key)
+        .map_err(|e| ("key_file", format!("no PEM private key (PKCS#8, PKCS#1 or SEC1): {e}")))?;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ("cert_file", e.to_string()))?;
+    let builder = match &tls.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(pem) => {
+            let mut roots = rustls::RootCertStore::empty();
+            let cas = certs(pem).map_err(|e| ("client_ca_file", e.to_string()))?;
+            if cas.is_empty() {
+                return Err(("client_ca_file", "no PEM certificate found".to_owned()));
+            }
+            for ca in cas {
+                roots.add(ca).map_err(|e| ("client_ca_file", e.to_string()))?;
+            }
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
+                    .build()
+                    .map_err(|e| ("client_ca_file", e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    builder
+        .with_single_cert(chain, key)
+        .map(|_| ())
+        .map_err(|e| ("key_file", format!("the certificate and key do not work together: {e}")))
+}

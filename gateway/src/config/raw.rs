@@ -196,12 +196,26 @@ pub(crate) struct RawGrpc {
     pub(crate) listen: String,
     /// A bearer token every call must carry (`authorization: Bearer <token>`).
     pub(crate) token: Option<SecretSpec>,
+    /// TLS for the API; the table's presence turns it on.
+    pub(crate) tls: Option<RawGrpcTls>,
 }
 
 impl Default for RawGrpc {
     fn default() -> Self {
-        RawGrpc { enabled: true, listen: default_grpc_listen(), token: None }
+        RawGrpc { enabled: true, listen: default_grpc_listen(), token: None, tls: None }
     }
+}
+
+/// `[grpc.tls]`: PEM files, relative to the config file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawGrpcTls {
+    /// The gateway's certificate chain and its private key.
+    pub(crate) cert_file: PathBuf,
+    pub(crate) key_file: PathBuf,
+    /// CA certificate(s) client certificates must chain to; with it, every client needs one
+    /// (mutual TLS).
+    pub(crate) client_ca_file: Option<PathBuf>,
 }
 
 /// 50051 is the port gRPC examples use everywhere; loopback by default, since the API can move

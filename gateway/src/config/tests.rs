@@ -409,6 +409,47 @@ ca_file = "ca.pem"
 }
 
 #[test]
+fn grpc_tls_material_is_checked_when_the_config_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["gw.farm".to_owned()]).unwrap().self_signed(&key).unwrap();
+    let other_key = rcgen::KeyPair::generate().unwrap();
+    std::fs::write(dir.path().join("gw.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.path().join("gw.key"), key.serialize_pem()).unwrap();
+    std::fs::write(dir.path().join("other.key"), other_key.serialize_pem()).unwrap();
+    std::fs::write(dir.path().join("clients.pem"), "not a certificate").unwrap();
+    let file = dir.path().join("fieldgate.toml");
+    let problems = |tls: &str| -> Vec<String> {
+        let src = format!("[gateway]\nid = \"farm\"\n\n[grpc.tls]\n{tls}");
+        match Config::parse(&src, &file, &no_env) {
+            Ok(c) => panic!("expected errors, got {c:?}"),
+            Err(e) => e
+                .problems
+                .into_iter()
+                .map(|p| format!("{}: {}: {}", p.location.map_or(0, |l| l.line), p.path, p.message))
+                .collect(),
+        }
+    };
+    let good = "cert_file = \"gw.pem\"\nkey_file = \"gw.key\"\n";
+    let parsed =
+        Config::parse(&format!("[gateway]\nid = \"farm\"\n[grpc.tls]\n{good}"), &file, &no_env).unwrap();
+    assert!(parsed.grpc.unwrap().tls.is_some_and(|t| t.client_ca.is_none()));
+    assert_eq!(
+        problems("cert_file = \"gw.pem\"\nkey_file = \"other.key\"\n"),
+        vec!["6: grpc.tls.key_file: the certificate and key do not work together: keys may not be consistent: KeyMismatch".to_owned()]
+    );
+    assert_eq!(
+        problems(&format!("{good}client_ca_file = \"clients.pem\"\n")),
+        vec!["7: grpc.tls.client_ca_file: no PEM certificate found".to_owned()]
+    );
+    let missing = problems("cert_file = \"nope.pem\"\nkey_file = \"gw.key\"\n");
+    assert!(
+        missing[0].starts_with("5: grpc.tls.cert_file: cannot read ") && missing[0].contains("nope.pem"),
+        "{missing:?}"
+    );
+}
+
+#[test]
 fn modbus_devices_parse_and_their_mistakes_are_explained() {
     let src = r#"
 [gateway]

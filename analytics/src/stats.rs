@@ -321,22 +321,28 @@ pub(crate) fn edge(c: &str, first: bool) -> Expr {
     if first { col(c).first() } else { col(c).last() }
 }
 
+/// Rows merged into one: counts and sums add, the minimum of minimums, the maximum of
+/// maximums, the first and last values of the first and last rows.
+pub(crate) fn merged() -> Vec<Expr> {
+    vec![
+        col("count").sum().alias("count"),
+        col("min").min().alias("min"),
+        col("max").max().alias("max"),
+        col("sum").sum().alias("sum"),
+        edge("first", true).alias("first"),
+        edge("last", false).alias("last"),
+        col("first_ts").min().alias("first_ts"),
+        col("last_ts").max().alias("last_ts"),
+    ]
+}
+
 fn compute(inputs: &Inputs, q: &StatsQuery, bucket: i64, window_ns: i64) -> Result<StatsAnswer, QueryError> {
     let from = q.from.as_nanos();
     let all = frame(inputs, q)?;
     let grouped = all
         .with_column(((col("start") - lit(from)) / lit(bucket) * lit(bucket) + lit(from)).alias("bucket"))
         .group_by([col("device"), col("metric"), col("bucket")])
-        .agg([
-            col("count").sum().alias("count"),
-            col("min").min().alias("min"),
-            col("max").max().alias("max"),
-            col("sum").sum().alias("sum"),
-            edge("first", true).alias("first"),
-            edge("last", false).alias("last"),
-            col("first_ts").min().alias("first_ts"),
-            col("last_ts").max().alias("last_ts"),
-        ])
+        .agg(merged())
         .with_columns(as_strings(&["device", "metric"]))
         .sort(["device", "metric", "bucket"], SortMultipleOptions::default());
     let df = collect(grouped)?;

@@ -4,7 +4,7 @@
 //! way, so they agree with it to the reading.
 
 use crate::stats::{
-    QueryError, StatsQuery, as_strings, blocking, collect, edge, frame, inputs, source_window,
+    QueryError, StatsQuery, as_strings, blocking, collect, frame, inputs, merged, source_window,
 };
 use fieldgate_proto::{DeviceId, Metric, Timestamp};
 use fieldgate_store::StoreReader;
@@ -115,15 +115,7 @@ pub async fn top(data_dir: &Path, reader: &StoreReader, q: &TopQuery) -> Result<
         };
         let ranked = frame(&inputs, &range)?
             .group_by([col("device")])
-            .agg([
-                col("count").sum().alias("count"),
-                col("min").min().alias("min"),
-                col("max").max().alias("max"),
-                col("sum").sum().alias("sum"),
-                edge("first", true).alias("first"),
-                edge("last", false).alias("last"),
-                col("last_ts").max().alias("last_ts"),
-            ])
+            .agg(merged())
             .with_columns(as_strings(&["device"]))
             .with_column(value.alias("value"))
             .sort_by_exprs(

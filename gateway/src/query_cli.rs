@@ -55,15 +55,8 @@ pub enum QueryCommand {
         /// A metric to include (repeat for more); all when none is given.
         #[arg(long = "metric")]
         metrics: Vec<String>,
-        /// Start, RFC 3339 (2026-11-24T06:00:00Z); or use --last.
-        #[arg(long, conflicts_with = "last")]
-        from: Option<String>,
-        /// End (exclusive), RFC 3339; now when left out.
-        #[arg(long, conflicts_with = "last")]
-        to: Option<String>,
-        /// The span up to now, e.g. 24h (its start is put on a boundary of --window).
-        #[arg(long, value_parser = humantime::parse_duration)]
-        last: Option<Duration>,
+        #[command(flatten)]
+        span: Span,
         /// Bucket size, a multiple of a stored window (10s, 1m, 15m by default); one bucket
         /// over the whole span when left out.
         #[arg(long, value_parser = humantime::parse_duration)]
@@ -84,8 +77,8 @@ pub enum QueryCommand {
         #[arg(long)]
         metric: String,
         /// What of it: mean, min, max, sum, count, first or last.
-        #[arg(long, value_enum, default_value_t = TopBy::Mean)]
-        by: TopBy,
+        #[arg(long, default_value = "mean", value_parser = aggregate)]
+        by: v1::Aggregate,
         /// How many devices.
         #[arg(long, short = 'n', default_value_t = 10)]
         n: u32,
@@ -116,7 +109,8 @@ pub struct Span {
     /// End (exclusive), RFC 3339; now when left out.
     #[arg(long, conflicts_with = "last")]
     to: Option<String>,
-    /// The span up to now, e.g. 24h (its start is put on a minute boundary).
+    /// The span up to now, e.g. 24h (its start is put on a boundary of --window, or of a
+    /// minute).
     #[arg(long, value_parser = humantime::parse_duration)]
     last: Option<Duration>,
 }
@@ -131,29 +125,19 @@ impl Span {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum TopBy {
-    Mean,
-    Min,
-    Max,
-    Sum,
-    Count,
-    First,
-    Last,
+fn aggregate(s: &str) -> Result<v1::Aggregate, String> {
+    v1::Aggregate::from_str_name(&format!("AGGREGATE_{}", s.to_uppercase()))
+        .filter(|a| *a != v1::Aggregate::Unspecified)
+        .ok_or_else(|| format!("`{s}` is not one of mean, min, max, sum, count, first, last"))
 }
 
-impl From<TopBy> for v1::Aggregate {
-    fn from(b: TopBy) -> Self {
-        match b {
-            TopBy::Mean => v1::Aggregate::Mean,
-            TopBy::Min => v1::Aggregate::Min,
-            TopBy::Max => v1::Aggregate::Max,
-            TopBy::Sum => v1::Aggregate::Sum,
-            TopBy::Count => v1::Aggregate::Count,
-            TopBy::First => v1::Aggregate::First,
-            TopBy::Last => v1::Aggregate::Last,
-        }
-    }
+/// A source's and a health's short names.
+fn source_name(v: i32) -> String {
+    short(v1::Source::try_from(v).ok().map(|s| s.as_str_name()), "SOURCE_")
+}
+
+fn health_name(v: i32) -> String {
+    short(v1::DeviceHealth::try_from(v).ok().map(|h| h.as_str_name()), "DEVICE_HEALTH_")
 }
 
 fn time(what: &str, s: &str) -> anyhow::Result<Timestamp> {
@@ -189,8 +173,14 @@ pub fn query(args: QueryArgs) -> anyhow::Result<ExitCode> {
 
 /// A result as a header and rows of text.
 struct Table {
-    header: Vec<&'static str>,
+    header: Vec<String>,
     rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    fn new<S: ToString>(header: &[S], rows: Vec<Vec<String>>) -> Self {
+        Table { header: header.iter().map(ToString::to_string).collect(), rows }
+    }
 }
 
 fn read(flag: &str, path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
@@ -238,16 +228,8 @@ async fn fetch(args: &QueryArgs, token: Option<String>) -> anyhow::Result<Table>
     let mut client = QueryServiceClient::with_interceptor(channel, auth);
     let status = |e: tonic::Status| anyhow::anyhow!("the gateway refused: {} ({:?})", e.message(), e.code());
     match &args.command {
-        QueryCommand::Stats { devices, metrics, from, to, last, window } => {
-            let now = Timestamp::now();
-            let (from, to) = match (last, from) {
-                (Some(span), _) => {
-                    let start = now.saturating_sub(*span);
-                    (start.floor_to(window.unwrap_or(Duration::from_secs(60))), None)
-                }
-                (None, Some(f)) => (time("from", f)?, to.as_deref().map(|t| time("to", t)).transpose()?),
-                (None, None) => anyhow::bail!("give --from (and --to), or --last"),
-            };
+        QueryCommand::Stats { devices, metrics, span, window } => {
+            let (from, to) = span.range(window.unwrap_or(Duration::from_secs(60)))?;
             let mut request = StatsRequest {
                 devices: devices.clone(),
                 metrics: metrics.clone(),
@@ -294,7 +276,7 @@ async fn fetch(args: &QueryArgs, token: Option<String>) -> anyhow::Result<Table>
                 "first",
                 "last",
             ];
-            Ok(Table { header, rows })
+            Ok(Table::new(&header, rows))
         }
         QueryCommand::Latest { devices, metrics } => {
             let request = LatestRequest { devices: devices.clone(), metrics: metrics.clone() };
@@ -307,19 +289,14 @@ async fn fetch(args: &QueryArgs, token: Option<String>) -> anyhow::Result<Table>
                     vec![v.device, v.metric, ts(&v.ts), format!("{}", v.value), quality]
                 })
                 .collect();
-            Ok(Table { header: vec!["device", "metric", "ts", "value", "quality"], rows })
+            Ok(Table::new(&["device", "metric", "ts", "value", "quality"], rows))
         }
         QueryCommand::Devices => {
             let devices = client.devices(DevicesRequest {}).await.map_err(status)?.into_inner().devices;
             let rows = devices
                 .into_iter()
                 .map(|d| {
-                    let source =
-                        short(v1::Source::try_from(d.source).ok().map(|s| s.as_str_name()), "SOURCE_");
-                    let health = short(
-                        v1::DeviceHealth::try_from(d.health).ok().map(|h| h.as_str_name()),
-                        "DEVICE_HEALTH_",
-                    );
+                    let (source, health) = (source_name(d.source), health_name(d.health));
                     vec![
                         d.id,
                         source,
@@ -342,13 +319,13 @@ async fn fetch(args: &QueryArgs, token: Option<String>) -> anyhow::Result<Table>
                 "readings",
                 "errors",
             ];
-            Ok(Table { header, rows })
+            Ok(Table::new(&header, rows))
         }
         QueryCommand::Top { metric, by, n, ascending, span } => {
             let (from, to) = span.range(Duration::from_secs(60))?;
             let request = v1::TopRequest {
                 metric: metric.clone(),
-                aggregate: v1::Aggregate::from(*by).into(),
+                aggregate: (*by).into(),
                 from: Some(from.into()),
                 to: to.map(Into::into),
                 n: *n,
@@ -369,8 +346,9 @@ async fn fetch(args: &QueryArgs, token: Option<String>) -> anyhow::Result<Table>
                     ]
                 })
                 .collect();
-            let header = vec!["rank", "device", by_name(*by), "count", "last_ts"];
-            Ok(Table { header, rows })
+            let by = short(Some(by.as_str_name()), "AGGREGATE_");
+            let header = ["rank".to_owned(), "device".into(), by, "count".into(), "last_ts".into()];
+            Ok(Table::new(&header, rows))
         }
         QueryCommand::Summary { devices, span } => {
             let (from, to) = span.range(Duration::from_secs(60))?;
@@ -383,12 +361,7 @@ async fn fetch(args: &QueryArgs, token: Option<String>) -> anyhow::Result<Table>
             let rows = summary
                 .into_iter()
                 .map(|d| {
-                    let source =
-                        short(v1::Source::try_from(d.source).ok().map(|s| s.as_str_name()), "SOURCE_");
-                    let health = short(
-                        v1::DeviceHealth::try_from(d.health).ok().map(|h| h.as_str_name()),
-                        "DEVICE_HEALTH_",
-                    );
+                    let (source, health) = (source_name(d.source), health_name(d.health));
                     vec![
                         d.device,
                         source,
@@ -413,7 +386,7 @@ async fn fetch(args: &QueryArgs, token: Option<String>) -> anyhow::Result<Table>
                 "errors",
                 "health",
             ];
-            Ok(Table { header, rows })
+            Ok(Table::new(&header, rows))
         }
         QueryCommand::Fleet => {
             let fleet = client.fleet(FleetRequest {}).await.map_err(status)?.into_inner();
@@ -433,20 +406,8 @@ async fn fetch(args: &QueryArgs, token: Option<String>) -> anyhow::Result<Table>
             rows.extend(fleet.warnings.into_iter().map(|w| {
                 vec![format!("warning: {w}"), String::new(), String::new(), String::new(), String::new()]
             }));
-            Ok(Table { header: vec!["machine", "fill", "state", "full_at", "last_seen"], rows })
+            Ok(Table::new(&["machine", "fill", "state", "full_at", "last_seen"], rows))
         }
-    }
-}
-
-fn by_name(by: TopBy) -> &'static str {
-    match by {
-        TopBy::Mean => "mean",
-        TopBy::Min => "min",
-        TopBy::Max => "max",
-        TopBy::Sum => "sum",
-        TopBy::Count => "count",
-        TopBy::First => "first",
-        TopBy::Last => "last",
     }
 }
 
@@ -463,7 +424,7 @@ fn print(table: &Table, format: Format) {
                     cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
                 println!("{}", padded.join("  ").trim_end());
             };
-            line(table.header.clone());
+            line(table.header.iter().map(String::as_str).collect());
             for r in &table.rows {
                 line(r.iter().map(String::as_str).collect());
             }
@@ -480,7 +441,7 @@ fn print(table: &Table, format: Format) {
                             .ok()
                             .filter(|n| n.is_finite())
                             .map_or_else(|| serde_json::json!(v), |n| serde_json::json!(n));
-                        ((*h).to_owned(), value)
+                        (h.clone(), value)
                     });
                     serde_json::Value::Object(object.collect())
                 })

@@ -38,6 +38,8 @@ pub struct StoreConfig {
     /// Batches waiting to be written; producers wait when it is full.
     pub queue_batches: usize,
     pub retention: Retention,
+    /// Closed windows of these sizes also go to the upstream outbox (`None`: no upstream).
+    pub outbox: Option<crate::OutboxConfig>,
 }
 
 /// How long files are kept, and how much disk they may use.
@@ -68,6 +70,7 @@ impl StoreConfig {
             recordings: false,
             queue_batches: 1024,
             retention: Retention::default(),
+            outbox: None,
         }
     }
 }

@@ -38,6 +38,8 @@ pub struct StoreMetrics {
     pub wal_segments: Gauge,
     pub fsync_seconds: Histogram,
     pub open_windows: Gauge,
+    pub outbox_bytes: Gauge,
+    pub outbox_batches: Gauge,
     pub series: Gauge,
     pub rows_written: Family<KindLabels, Counter>,
     pub files_written: Family<KindLabels, Counter>,
@@ -65,6 +67,8 @@ impl StoreMetrics {
             // 50 µs to ~1.6 s.
             fsync_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
             open_windows: Gauge::default(),
+            outbox_bytes: Gauge::default(),
+            outbox_batches: Gauge::default(),
             series: Gauge::default(),
             rows_written: Family::default(),
             files_written: Family::default(),
@@ -102,6 +106,8 @@ impl StoreMetrics {
         r.register("wal_segments", "WAL segment files on disk", m.wal_segments.clone());
         r.register("wal_fsync_seconds", "Time to fsync one WAL group", m.fsync_seconds.clone());
         r.register("open_windows", "Windows open in memory", m.open_windows.clone());
+        r.register("outbox_bytes", "Bytes of upstream batches not yet acknowledged", m.outbox_bytes.clone());
+        r.register("outbox_batches", "Upstream batches not yet acknowledged", m.outbox_batches.clone());
         r.register("series", "Distinct (device, metric) series seen", m.series.clone());
         r.register(
             "rows_written",

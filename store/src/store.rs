@@ -37,6 +37,8 @@ pub struct Recovery {
     pub replayed_records: u64,
     /// What reading the WAL found.
     pub wal: WalRecovery,
+    /// What opening the upstream outbox found (`None`: no outbox configured).
+    pub outbox: Option<crate::OutboxRecovery>,
     /// Checkpoints that failed their checks and were skipped.
     pub damaged_checkpoints: u64,
     /// WAL records whose CRC was right but whose content could not be decoded.
@@ -73,7 +75,12 @@ pub struct Store {
     writer: Option<JoinHandle<()>>,
     flusher: Option<JoinHandle<()>>,
     recovery: Recovery,
+    outbox: Option<SharedOutbox>,
 }
+
+/// The outbox, shared by the flusher (which fills it) and the forwarder (which reads and
+/// acknowledges it). Held only for file operations on a few batches at a time.
+pub type SharedOutbox = Arc<std::sync::Mutex<crate::Outbox>>;
 
 fn io(what: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> StoreError {
     let path = path.into();
@@ -120,6 +127,15 @@ impl Store {
         };
         recovery.orphan_files =
             checkpoint::remove_orphans(&data, checkpoint_seq).map_err(io("cannot clean up", &data))?;
+        let outbox = match &cfg.outbox {
+            Some(o) => {
+                let (outbox, found) = crate::Outbox::open(&data, o.max_bytes, checkpoint_seq)
+                    .map_err(io("cannot open the outbox", data.join(crate::outbox::DIR)))?;
+                recovery.outbox = Some(found);
+                Some(Arc::new(std::sync::Mutex::new(outbox)))
+            }
+            None => None,
+        };
 
         let mut recordings = cfg.recordings.then(Vec::<Reading>::new);
         let wal_dir = data.join(layout::WAL);
@@ -179,9 +195,10 @@ impl Store {
         };
         let flusher = {
             let shared = Arc::clone(&shared);
+            let outbox = outbox.clone();
             std::thread::Builder::new()
                 .name("fieldgate-flush".into())
-                .spawn(move || run_flusher(cfg, shared, jobs_rx, done_tx, sizes))
+                .spawn(move || run_flusher(cfg, shared, jobs_rx, done_tx, sizes, outbox))
                 .map_err(|e| StoreError::Thread("flush", e))?
         };
         let writer = {
@@ -210,6 +227,7 @@ impl Store {
             writer: Some(writer),
             flusher: Some(flusher),
             recovery,
+            outbox,
         })
     }
 
@@ -235,6 +253,12 @@ impl Store {
     /// the WAL before it can go.
     pub fn checkpointed(&self) -> watch::Receiver<u64> {
         self.checkpointed.clone()
+    }
+
+    /// The upstream outbox, when configured. Send only [`crate::Outbox::sendable`] batches up
+    /// to [`Store::checkpointed`].
+    pub fn outbox(&self) -> Option<SharedOutbox> {
+        self.outbox.clone()
     }
 
     /// What recovery found when the store opened.

@@ -447,12 +447,19 @@ pub(crate) fn run_flusher(
     jobs: std::sync::mpsc::Receiver<FlushJob>,
     done: mpsc::Sender<FlushDone>,
     windows: Vec<i64>,
+    outbox: Option<crate::store::SharedOutbox>,
 ) {
     let mut last_retention: Option<Instant> = None;
+    let outbox_windows: Vec<i64> = cfg
+        .outbox
+        .iter()
+        .flat_map(|o| o.windows.iter().map(|w| i64::try_from(w.as_nanos()).unwrap_or(i64::MAX)))
+        .collect();
+    let outbox = outbox.map(|o| (o, outbox_windows));
     for mut job in jobs {
         let mut attempt = 0;
         let deletable = loop {
-            match flush(&cfg, &shared.metrics, &mut job) {
+            match flush(&cfg, &shared.metrics, &mut job, outbox.as_ref()) {
                 Ok(deletable) => {
                     if attempt > 0 {
                         tracing::info!(attempts = attempt + 1, "flush succeeded again");
@@ -501,7 +508,12 @@ pub(crate) fn run_flusher(
 
 /// Write a job's Parquet files, then its checkpoint. Idempotent: a retry rewrites the same
 /// file names.
-fn flush(cfg: &StoreConfig, m: &StoreMetrics, job: &mut FlushJob) -> std::io::Result<u64> {
+fn flush(
+    cfg: &StoreConfig,
+    m: &StoreMetrics,
+    job: &mut FlushJob,
+    outbox: Option<&(crate::store::SharedOutbox, Vec<i64>)>,
+) -> std::io::Result<u64> {
     let started = Instant::now();
     let mut written = [0u64; 2];
     for (window_ns, rows) in &mut job.rollups {
@@ -515,7 +527,29 @@ fn flush(cfg: &StoreConfig, m: &StoreMetrics, job: &mut FlushJob) -> std::io::Re
             files::write_recordings(&cfg.data_dir, &mut job.recordings, job.seq, cfg.row_group_rows)?.len()
                 as u64;
     }
+    // The outbox's batches of this flush, before its checkpoint: if the checkpoint never
+    // commits they are orphans, deleted at the next start and never sent.
+    if let Some((outbox, windows)) = outbox {
+        let wanted: Vec<(i64, &[Rollup])> = job
+            .rollups
+            .iter()
+            .filter(|(w, _)| windows.contains(w))
+            .map(|(w, rows)| (*w, rows.as_slice()))
+            .collect();
+        let mut outbox = outbox.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        outbox.write(job.seq, &wanted)?;
+    }
     let deletable = checkpoint::commit(&cfg.data_dir.join(layout::STATE), &job.state)?;
+    if let Some((outbox, _)) = outbox {
+        let mut outbox = outbox.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // The flush is committed: a failure here is logged, not retried as a flush.
+        if let Err(e) = outbox.enforce_cap(job.seq) {
+            tracing::error!(error = %e, "enforcing the outbox cap failed; will retry at the next flush");
+        }
+        let (bytes, batches) = outbox.usage();
+        m.outbox_bytes.set(bytes as i64);
+        m.outbox_batches.set(batches as i64);
+    }
     let rows = [job.rollups.iter().map(|(_, r)| r.len() as u64).sum(), job.recordings.len() as u64];
     for (k, kind) in ["rollup", "recording"].into_iter().enumerate() {
         m.files_written.get_or_create(&KindLabels { kind }).inc_by(written[k]);

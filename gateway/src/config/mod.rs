@@ -616,6 +616,8 @@ impl Validator {
             recordings: raw.recordings,
             queue_batches: self.count("store.queue", raw.queue, 1, 1_000_000),
             retention,
+            // Set with the upstream forwarder's `[upstream]` section, which comes with it.
+            outbox: None,
         }
     }
 

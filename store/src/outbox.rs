@@ -1,0 +1,525 @@
+//! The upstream outbox: closed rollup windows waiting to be forwarded to a collector, each
+//! batch numbered by a sequence number that only grows, and deleted only once the collector
+//! has acknowledged it.
+//!
+//! - **Written with the flush.** The flusher writes a flush's outbox batches after its Parquet
+//!   files and before its checkpoint, named by the flush (`<seq>-<flush>.batch`). A batch of a
+//!   flush whose checkpoint never committed is an orphan: recovery deletes it, as it deletes
+//!   that flush's Parquet files, and the replayed WAL makes the same rows again. Only batches
+//!   of committed flushes are offered for sending ([`Outbox::sendable`]), so an orphan has
+//!   never left the gateway and its sequence number may be given again.
+//! - **Sequence numbers** are contiguous, so the collector can tell a batch it has not seen
+//!   from one that does not exist. The next one is one past the highest batch on disk or the
+//!   acknowledged cursor (`state/upstream-cursor`), whichever is higher.
+//! - **Acknowledgement** moves the cursor (written first) and then deletes the batches.
+//! - **Disk cap.** Past `max_bytes` the oldest batches are dropped, and a *gap* batch saying
+//!   which sequence numbers and which span of data time were dropped takes the next number, so
+//!   the fleet knows exactly what is missing. The gap is written before the batches are
+//!   deleted; batches a gap covers that survive a crash are deleted at the next start.
+//!
+//! A batch file: `FGOB`, a header (crc32 of the payload, payload length, rows, window size,
+//! first and last window start), then the payload, a `fieldgate.v1.Batch` as the forwarder
+//! sends it.
+
+use crate::codec::Malformed;
+use crate::window::Rollup;
+use fieldgate_proto::v1::{Batch, Gap, RollupColumns, SeqRange, batch::Body};
+use fieldgate_proto::{DeviceId, Metric};
+use prost::Message;
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The outbox directory under `DATA_DIR`.
+pub const DIR: &str = "outbox";
+/// The state file holding the acknowledged cursor.
+pub const CURSOR: &str = "upstream-cursor";
+const MAGIC: &[u8; 4] = b"FGOB";
+const HEADER: usize = 4 + 4 + 4 + 8 + 8 + 8 + 8;
+
+/// Which rollups go upstream, and how much disk the outbox may use.
+#[derive(Debug, Clone)]
+pub struct OutboxConfig {
+    /// Window sizes whose closed windows are forwarded (each must be one the store keeps).
+    pub windows: Vec<Duration>,
+    pub max_bytes: u64,
+}
+
+/// What the outbox knows of one batch without reading it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub seq: u64,
+    /// The flush (WAL sequence of its checkpoint) that wrote it.
+    pub flush: u64,
+    pub bytes: u64,
+    pub rows: u64,
+    /// The window size of its rows; 0 for a gap.
+    pub window_ns: i64,
+    /// The first and last window start of its rows (of the dropped rows, for a gap).
+    pub from_ns: i64,
+    pub to_ns: i64,
+}
+
+/// What opening the outbox found and cleaned up.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OutboxRecovery {
+    pub batches: usize,
+    /// Batches of a flush that never committed, deleted.
+    pub orphans: usize,
+    /// Batches a gap already declared dropped, deleted.
+    pub covered: usize,
+    /// Unreadable files, set aside as `.bad`.
+    pub damaged: usize,
+}
+
+/// The outbox's index; its files are the truth, the index is rebuilt from them at start.
+#[derive(Debug)]
+pub struct Outbox {
+    data_dir: PathBuf,
+    dir: PathBuf,
+    max_bytes: u64,
+    entries: BTreeMap<u64, Entry>,
+    acked_through: u64,
+    next_seq: u64,
+    bytes: u64,
+}
+
+fn file_name(seq: u64, flush: u64) -> String {
+    format!("{seq:020}-{flush:020}.batch")
+}
+
+fn parse_name(name: &str) -> Option<(u64, u64)> {
+    let (seq, flush) = name.strip_suffix(".batch")?.split_once('-')?;
+    Some((seq.parse().ok()?, flush.parse().ok()?))
+}
+
+/// Rollup rows of one window size as columns: names by dictionary index, window starts as
+/// deltas, first and last timestamps as offsets into their window.
+pub fn encode_rollups(window_ns: i64, rows: &[Rollup]) -> RollupColumns {
+    let mut devices: HashMap<&str, u32> = HashMap::new();
+    let mut metrics: HashMap<&str, u32> = HashMap::new();
+    let mut c = RollupColumns { window_ns, ..RollupColumns::default() };
+    let mut previous = 0i64;
+    for r in rows {
+        let next = devices.len() as u32;
+        let d = *devices.entry(r.device.as_str()).or_insert_with(|| {
+            c.devices.push(r.device.to_string());
+            next
+        });
+        let next = metrics.len() as u32;
+        let m = *metrics.entry(r.metric.as_str()).or_insert_with(|| {
+            c.metrics.push(r.metric.to_string());
+            next
+        });
+        c.device_idx.push(d);
+        c.metric_idx.push(m);
+        c.window_start_delta_ns.push(r.start - previous);
+        previous = r.start;
+        c.count.push(r.count);
+        c.min.push(r.min);
+        c.max.push(r.max);
+        c.sum.push(r.sum);
+        c.first.push(r.first);
+        c.last.push(r.last);
+        c.first_offset_ns.push(r.first_ts - r.start);
+        c.last_offset_ns.push(r.last_ts - r.start);
+    }
+    c
+}
+
+/// The rows of `c`, or what is wrong with it.
+pub fn decode_rollups(c: &RollupColumns) -> Result<Vec<Rollup>, Malformed> {
+    let n = c.device_idx.len();
+    let lengths = [
+        c.metric_idx.len(),
+        c.window_start_delta_ns.len(),
+        c.count.len(),
+        c.min.len(),
+        c.max.len(),
+        c.sum.len(),
+        c.first.len(),
+        c.last.len(),
+        c.first_offset_ns.len(),
+        c.last_offset_ns.len(),
+    ];
+    if lengths.iter().any(|&l| l != n) {
+        return Err(Malformed(format!("columns of different lengths: {n} and {lengths:?}")));
+    }
+    let devices = c
+        .devices
+        .iter()
+        .map(|d| DeviceId::new(d).map_err(|e| Malformed(e.to_string())))
+        .collect::<Result<Vec<_>, _>>()?;
+    let metrics = c
+        .metrics
+        .iter()
+        .map(|m| Metric::new(m).map_err(|e| Malformed(e.to_string())))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut start = 0i64;
+    let mut rows = Vec::with_capacity(n);
+    for i in 0..n {
+        let name = |all: &[DeviceId], k: u32| all.get(k as usize).cloned();
+        let device =
+            name(&devices, c.device_idx[i]).ok_or_else(|| Malformed(format!("row {i}: no device")))?;
+        let metric = metrics
+            .get(c.metric_idx[i] as usize)
+            .cloned()
+            .ok_or_else(|| Malformed(format!("row {i}: no metric")))?;
+        start = start.wrapping_add(c.window_start_delta_ns[i]);
+        rows.push(Rollup {
+            device,
+            metric,
+            window_ns: c.window_ns,
+            start,
+            count: c.count[i],
+            min: c.min[i],
+            max: c.max[i],
+            sum: c.sum[i],
+            first: c.first[i],
+            last: c.last[i],
+            first_ts: start.wrapping_add(c.first_offset_ns[i]),
+            last_ts: start.wrapping_add(c.last_offset_ns[i]),
+        });
+    }
+    Ok(rows)
+}
+
+fn encode_file(entry: &Entry, batch: &Batch) -> Vec<u8> {
+    let payload = batch.encode_to_vec();
+    let mut buf = Vec::with_capacity(HEADER + payload.len());
+    buf.extend_from_slice(MAGIC);
+    buf.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    buf.extend_from_slice(&entry.rows.to_le_bytes());
+    buf.extend_from_slice(&entry.window_ns.to_le_bytes());
+    buf.extend_from_slice(&entry.from_ns.to_le_bytes());
+    buf.extend_from_slice(&entry.to_ns.to_le_bytes());
+    buf.extend_from_slice(&payload);
+    buf
+}
+
+/// The header fields of a batch file, checked against its payload.
+fn check_file(buf: &[u8]) -> Result<(u64, i64, i64, i64, &[u8]), Malformed> {
+    if buf.len() < HEADER || &buf[..4] != MAGIC {
+        return Err(Malformed("not an outbox batch".into()));
+    }
+    let u32_at = |i: usize| u32::from_le_bytes(buf[i..i + 4].try_into().expect("4 bytes"));
+    let u64_at = |i: usize| u64::from_le_bytes(buf[i..i + 8].try_into().expect("8 bytes"));
+    let (crc, len) = (u32_at(4), u32_at(8) as usize);
+    let payload = &buf[HEADER..];
+    if payload.len() != len || crc32fast::hash(payload) != crc {
+        return Err(Malformed(format!("payload of {} bytes does not match its header", payload.len())));
+    }
+    Ok((u64_at(12), u64_at(20) as i64, u64_at(28) as i64, u64_at(36) as i64, payload))
+}
+
+impl Outbox {
+    /// Open the outbox of `data_dir`: index its batches, delete those of flushes after
+    /// `checkpoint` (never committed, never sent) and those a gap covers.
+    pub fn open(data_dir: &Path, max_bytes: u64, checkpoint: u64) -> io::Result<(Outbox, OutboxRecovery)> {
+        let dir = data_dir.join(DIR);
+        std::fs::create_dir_all(&dir)?;
+        let acked_through = match crate::state::read(data_dir, CURSOR)? {
+            Some(b) => String::from_utf8_lossy(&b).trim().parse().map_err(|_| {
+                io::Error::new(io::ErrorKind::InvalidData, format!("{CURSOR} is not a sequence number"))
+            })?,
+            None => 0,
+        };
+        let mut recovery = OutboxRecovery::default();
+        let mut entries = BTreeMap::new();
+        let mut gaps = Vec::new();
+        for e in std::fs::read_dir(&dir)? {
+            let e = e?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some((seq, flush)) = parse_name(&name) else { continue };
+            if flush > checkpoint || seq <= acked_through {
+                // An orphan of an uncommitted flush, or acknowledged but not yet deleted.
+                std::fs::remove_file(e.path())?;
+                recovery.orphans += usize::from(flush > checkpoint);
+                continue;
+            }
+            let buf = std::fs::read(e.path())?;
+            match check_file(&buf) {
+                Ok((rows, window_ns, from_ns, to_ns, payload)) => {
+                    if window_ns == 0
+                        && let Ok(Batch { body: Some(Body::Gap(g)), .. }) = Batch::decode(payload)
+                        && let Some(r) = g.dropped
+                    {
+                        gaps.push((r.first, r.last));
+                    }
+                    let bytes = buf.len() as u64;
+                    entries.insert(seq, Entry { seq, flush, bytes, rows, window_ns, from_ns, to_ns });
+                }
+                Err(why) => {
+                    tracing::error!(file = %e.path().display(), error = %why, "outbox batch unreadable; set aside");
+                    std::fs::rename(e.path(), e.path().with_extension("bad"))?;
+                    recovery.damaged += 1;
+                }
+            }
+        }
+        for (first, last) in gaps {
+            let covered: Vec<u64> = entries.range(first..=last).map(|(s, _)| *s).collect();
+            for seq in covered {
+                let entry = entries.remove(&seq).expect("listed");
+                std::fs::remove_file(dir.join(file_name(seq, entry.flush)))?;
+                recovery.covered += 1;
+            }
+        }
+        crate::wal::sync_dir(&dir)?;
+        recovery.batches = entries.len();
+        let next_seq = entries.keys().next_back().copied().unwrap_or(0).max(acked_through) + 1;
+        let bytes = entries.values().map(|e| e.bytes).sum();
+        let outbox =
+            Outbox { data_dir: data_dir.to_owned(), dir, max_bytes, entries, acked_through, next_seq, bytes };
+        Ok((outbox, recovery))
+    }
+
+    /// Write the batches of flush `flush`: one per window size with rows. Returns their
+    /// entries. A retry of the same flush first removes what an earlier attempt wrote.
+    pub fn write(&mut self, flush: u64, rollups: &[(i64, &[Rollup])]) -> io::Result<Vec<Entry>> {
+        let earlier: Vec<u64> = self.entries.values().filter(|e| e.flush == flush).map(|e| e.seq).collect();
+        for seq in earlier {
+            self.forget(seq)?;
+            self.next_seq = self.next_seq.min(seq);
+        }
+        let mut written = Vec::new();
+        for (window_ns, rows) in rollups.iter().filter(|(_, r)| !r.is_empty()) {
+            let seq = self.next_seq;
+            let columns = encode_rollups(*window_ns, rows);
+            let batch = Batch { seq, body: Some(Body::Rollups(columns)) };
+            let (from_ns, to_ns) =
+                rows.iter().fold((i64::MAX, i64::MIN), |(a, b), r| (a.min(r.start), b.max(r.start)));
+            let mut entry = Entry {
+                seq,
+                flush,
+                bytes: 0,
+                rows: rows.len() as u64,
+                window_ns: *window_ns,
+                from_ns,
+                to_ns,
+            };
+            self.put(&mut entry, &batch)?;
+            written.push(entry);
+        }
+        Ok(written)
+    }
+
+    fn put(&mut self, entry: &mut Entry, batch: &Batch) -> io::Result<()> {
+        let buf = encode_file(entry, batch);
+        entry.bytes = buf.len() as u64;
+        crate::state::write_atomic(&self.dir, &file_name(entry.seq, entry.flush), &[&buf], false)?;
+        self.bytes += entry.bytes;
+        self.next_seq = self.next_seq.max(entry.seq + 1);
+        self.entries.insert(entry.seq, entry.clone());
+        Ok(())
+    }
+
+    fn forget(&mut self, seq: u64) -> io::Result<()> {
+        if let Some(e) = self.entries.remove(&seq) {
+            self.bytes -= e.bytes;
+            match std::fs::remove_file(self.dir.join(file_name(seq, e.flush))) {
+                Err(err) if err.kind() != io::ErrorKind::NotFound => return Err(err),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Past the cap, drop the oldest batches and record them as a gap (written by flush
+    /// `flush`, committed already). Returns the gap's entry, if one was needed.
+    pub fn enforce_cap(&mut self, flush: u64) -> io::Result<Option<Entry>> {
+        if self.bytes <= self.max_bytes {
+            return Ok(None);
+        }
+        // Room for the gap batch itself (a few dozen bytes) is kept.
+        let mut dropped: Vec<Entry> = Vec::new();
+        let mut left = self.bytes;
+        for e in self.entries.values() {
+            if left + 256 <= self.max_bytes {
+                break;
+            }
+            left -= e.bytes;
+            dropped.push(e.clone());
+        }
+        let (Some(first), Some(last)) = (dropped.first(), dropped.last()) else { return Ok(None) };
+        let from_ns =
+            dropped.iter().filter(|e| e.window_ns != 0).map(|e| e.from_ns).min().unwrap_or(first.from_ns);
+        let to_ns = dropped.iter().filter(|e| e.window_ns != 0).map(|e| e.to_ns).max().unwrap_or(last.to_ns);
+        let rows: u64 = dropped.iter().filter(|e| e.window_ns != 0).map(|e| e.rows).sum();
+        let seq = self.next_seq;
+        let gap = Gap {
+            dropped: Some(SeqRange { first: first.seq, last: last.seq }),
+            from_ns,
+            to_ns,
+            rows,
+            reason: format!(
+                "the outbox reached its cap of {} bytes while the collector was unreachable",
+                self.max_bytes
+            ),
+        };
+        let batch = Batch { seq, body: Some(Body::Gap(gap)) };
+        let mut entry = Entry { seq, flush, bytes: 0, rows, window_ns: 0, from_ns, to_ns };
+        // The gap first: a crash before the deletions leaves batches it covers, deleted at
+        // the next start; never dropped batches without their gap.
+        self.put(&mut entry, &batch)?;
+        for e in &dropped {
+            self.forget(e.seq)?;
+        }
+        crate::wal::sync_dir(&self.dir)?;
+        tracing::warn!(
+            first = first.seq,
+            last = last.seq,
+            rows,
+            cap = self.max_bytes,
+            "upstream outbox full: oldest batches dropped and recorded as a gap"
+        );
+        Ok(Some(entry))
+    }
+
+    /// Batches that may be sent: those of flushes up to `committed`, in sequence order.
+    pub fn sendable(&self, committed: u64) -> Vec<Entry> {
+        self.entries.values().filter(|e| e.flush <= committed).cloned().collect()
+    }
+
+    /// The batch `seq` as the forwarder sends it.
+    pub fn read(&self, seq: u64) -> io::Result<Batch> {
+        let entry = self
+            .entries
+            .get(&seq)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no batch {seq}")))?;
+        let buf = std::fs::read(self.dir.join(file_name(seq, entry.flush)))?;
+        let invalid =
+            |e: String| io::Error::new(io::ErrorKind::InvalidData, format!("outbox batch {seq}: {e}"));
+        let (.., payload) = check_file(&buf).map_err(|e| invalid(e.0))?;
+        Batch::decode(payload).map_err(|e| invalid(e.to_string()))
+    }
+
+    /// The collector holds `ranges`: delete those batches. The cursor moves first, over
+    /// every sequence number below the lowest batch still waiting.
+    pub fn ack(&mut self, ranges: &[SeqRange]) -> io::Result<()> {
+        let acked: Vec<u64> =
+            ranges.iter().flat_map(|r| self.entries.range(r.first..=r.last).map(|(s, _)| *s)).collect();
+        let remaining_min = self.entries.keys().find(|s| !acked.contains(s)).copied();
+        let through = match remaining_min {
+            Some(min) => min - 1,
+            None => self.next_seq - 1,
+        };
+        if through > self.acked_through {
+            crate::state::replace(&self.data_dir, CURSOR, through.to_string().as_bytes())?;
+            self.acked_through = through;
+        }
+        for seq in acked {
+            self.forget(seq)?;
+        }
+        Ok(())
+    }
+
+    pub fn acked_through(&self) -> u64 {
+        self.acked_through
+    }
+
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Bytes on disk and batches waiting.
+    pub fn usage(&self) -> (u64, usize) {
+        (self.bytes, self.entries.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(n: usize, window_ns: i64, t0: i64) -> Vec<Rollup> {
+        (0..n)
+            .map(|i| Rollup {
+                device: DeviceId::new(&format!("bin-{}", i % 7)).unwrap(),
+                metric: Metric::new(if i % 2 == 0 { "level_pct" } else { "temp_c" }).unwrap(),
+                window_ns,
+                start: t0 + (i / 14) as i64 * window_ns,
+                count: 1 + i as u64,
+                min: i as f64 - 0.5,
+                max: i as f64 + 0.5,
+                sum: i as f64 * 3.0,
+                first: -(i as f64),
+                last: i as f64 * 0.25,
+                first_ts: t0 + (i / 14) as i64 * window_ns + 1_000,
+                last_ts: t0 + (i / 14) as i64 * window_ns + window_ns - 1,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn rollups_round_trip_through_columns() {
+        let original = rows(100, 60_000_000_000, 1_764_000_000_000_000_000);
+        let columns = encode_rollups(60_000_000_000, &original);
+        assert_eq!((columns.devices.len(), columns.metrics.len()), (7, 2));
+        assert_eq!(decode_rollups(&columns).unwrap(), original);
+        let mut short = columns;
+        short.count.pop();
+        assert!(decode_rollups(&short).is_err());
+    }
+
+    #[test]
+    fn batches_survive_restarts_and_leave_only_when_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = 60_000_000_000;
+        let (mut outbox, _) = Outbox::open(dir.path(), 1 << 30, 0).unwrap();
+        let a = rows(30, w, 0);
+        let b = rows(10, 10_000_000_000, 0);
+        let written = outbox.write(5, &[(w, &a), (10_000_000_000, &b), (900_000_000_000, &[])]).unwrap();
+        assert_eq!(written.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2]);
+        outbox.write(9, &[(w, &a)]).unwrap();
+        // Flush 9 never committed: an orphan, gone at the next start; its number is given again.
+        let (mut outbox, recovery) = Outbox::open(dir.path(), 1 << 30, 5).unwrap();
+        assert_eq!((recovery.batches, recovery.orphans), (2, 1));
+        assert_eq!(outbox.sendable(5).len(), 2);
+        let Some(Body::Rollups(c)) = outbox.read(1).unwrap().body else { panic!("rollups") };
+        assert_eq!(decode_rollups(&c).unwrap(), a);
+        assert_eq!(outbox.write(7, &[(w, &a)]).unwrap()[0].seq, 3);
+        // Acknowledging 1 and 3 deletes them; the cursor stops below 2.
+        outbox.ack(&[SeqRange { first: 1, last: 1 }, SeqRange { first: 3, last: 3 }]).unwrap();
+        assert_eq!((outbox.acked_through(), outbox.usage().1), (1, 1));
+        outbox.ack(&[SeqRange { first: 2, last: 2 }]).unwrap();
+        assert_eq!((outbox.acked_through(), outbox.usage()), (3, (0, 0)));
+        // Numbers keep growing after everything was acknowledged and the gateway restarted.
+        let (mut outbox, _) = Outbox::open(dir.path(), 1 << 30, 7).unwrap();
+        assert_eq!(outbox.write(8, &[(w, &b)]).unwrap()[0].seq, 4);
+    }
+
+    #[test]
+    fn a_full_outbox_drops_the_oldest_batches_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = 60_000_000_000;
+        let (mut outbox, _) = Outbox::open(dir.path(), 1 << 30, 0).unwrap();
+        for flush in 1..=4u64 {
+            outbox.write(flush, &[(w, &rows(50, w, flush as i64 * 10 * w))]).unwrap();
+        }
+        let one = outbox.usage().0 / 4;
+        outbox.max_bytes = one * 2 + 300;
+        let gap = outbox.enforce_cap(4).unwrap().expect("over the cap");
+        assert_eq!((gap.seq, gap.rows, gap.from_ns), (5, 100, 10 * w));
+        let Some(Body::Gap(g)) = outbox.read(5).unwrap().body else { panic!("a gap") };
+        assert_eq!(g.dropped, Some(SeqRange { first: 1, last: 2 }));
+        assert_eq!(outbox.sendable(4).iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3, 4, 5]);
+        assert!(outbox.usage().0 <= outbox.max_bytes);
+
+        // A crash between writing a gap and deleting what it covers: cleaned up at start.
+        let covered = dir.path().join(DIR).join(file_name(3, 3));
+        let keep = std::fs::read(&covered).unwrap();
+        let gap = Batch {
+            seq: 6,
+            body: Some(Body::Gap(Gap { dropped: Some(SeqRange { first: 3, last: 3 }), ..Gap::default() })),
+        };
+        let entry = Entry { seq: 6, flush: 4, bytes: 0, rows: 50, window_ns: 0, from_ns: 0, to_ns: 0 };
+        std::fs::write(dir.path().join(DIR).join(file_name(6, 4)), encode_file(&entry, &gap)).unwrap();
+        assert!(!keep.is_empty());
+        let (outbox, recovery) = Outbox::open(dir.path(), 1 << 30, 4).unwrap();
+        assert_eq!(recovery.covered, 1);
+        assert!(!covered.exists());
+        assert_eq!(outbox.sendable(4).iter().map(|e| e.seq).collect::<Vec<_>>(), vec![4, 5, 6]);
+    }
+}

@@ -40,6 +40,8 @@ pub struct StoreMetrics {
     pub open_windows: Gauge,
     pub outbox_bytes: Gauge,
     pub outbox_batches: Gauge,
+    pub outbox_oldest_seconds: Gauge,
+    pub outbox_dropped_rows: Counter,
     pub series: Gauge,
     pub rows_written: Family<KindLabels, Counter>,
     pub files_written: Family<KindLabels, Counter>,
@@ -69,6 +71,8 @@ impl StoreMetrics {
             open_windows: Gauge::default(),
             outbox_bytes: Gauge::default(),
             outbox_batches: Gauge::default(),
+            outbox_oldest_seconds: Gauge::default(),
+            outbox_dropped_rows: Counter::default(),
             series: Gauge::default(),
             rows_written: Family::default(),
             files_written: Family::default(),
@@ -108,6 +112,16 @@ impl StoreMetrics {
         r.register("open_windows", "Windows open in memory", m.open_windows.clone());
         r.register("outbox_bytes", "Bytes of upstream batches not yet acknowledged", m.outbox_bytes.clone());
         r.register("outbox_batches", "Upstream batches not yet acknowledged", m.outbox_batches.clone());
+        r.register(
+            "outbox_oldest_seconds",
+            "Age of the oldest rollup window waiting to go upstream (0: none)",
+            m.outbox_oldest_seconds.clone(),
+        );
+        r.register(
+            "outbox_dropped_rows",
+            "Rollup rows dropped from the full upstream outbox and reported as gaps",
+            m.outbox_dropped_rows.clone(),
+        );
         r.register("series", "Distinct (device, metric) series seen", m.series.clone());
         r.register(
             "rows_written",

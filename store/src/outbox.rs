@@ -423,6 +423,11 @@ impl Outbox {
         self.next_seq
     }
 
+    /// The oldest window start of rows still waiting (not counting gaps), ns.
+    pub fn oldest_data_ns(&self) -> Option<i64> {
+        self.entries.values().filter(|e| e.window_ns != 0).map(|e| e.from_ns).min()
+    }
+
     /// Bytes on disk and batches waiting.
     pub fn usage(&self) -> (u64, usize) {
         (self.bytes, self.entries.len())
@@ -506,6 +511,7 @@ mod tests {
         assert_eq!(g.dropped, Some(SeqRange { first: 1, last: 2 }));
         assert_eq!(outbox.sendable(4).iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3, 4, 5]);
         assert!(outbox.usage().0 <= outbox.max_bytes);
+        assert_eq!(outbox.oldest_data_ns(), Some(30 * w), "the oldest rows left, not the gap's");
 
         // A crash between writing a gap and deleting what it covers: cleaned up at start.
         let covered = dir.path().join(DIR).join(file_name(3, 3));

@@ -543,12 +543,21 @@ fn flush(
     if let Some((outbox, _)) = outbox {
         let mut outbox = outbox.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         // The flush is committed: a failure here is logged, not retried as a flush.
-        if let Err(e) = outbox.enforce_cap(job.seq) {
-            tracing::error!(error = %e, "enforcing the outbox cap failed; will retry at the next flush");
+        match outbox.enforce_cap(job.seq) {
+            Ok(Some(gap)) => {
+                m.outbox_dropped_rows.inc_by(gap.rows);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "enforcing the outbox cap failed; will retry at the next flush")
+            }
         }
         let (bytes, batches) = outbox.usage();
         m.outbox_bytes.set(bytes as i64);
         m.outbox_batches.set(batches as i64);
+        let age =
+            outbox.oldest_data_ns().map_or(0, |t| (Timestamp::now().as_nanos() - t).max(0) / 1_000_000_000);
+        m.outbox_oldest_seconds.set(age);
     }
     let rows = [job.rollups.iter().map(|(_, r)| r.len() as u64).sum(), job.recordings.len() as u64];
     for (k, kind) in ["rollup", "recording"].into_iter().enumerate() {

@@ -205,18 +205,37 @@ fn files(data_dir: &Path, window_ns: i64, from: Timestamp, to: Timestamp, throug
     parts.into_iter().map(|(_, _, p)| p).collect()
 }
 
-/// Device and metric names as polars reads the store's dictionary columns: categorical, in
-/// the global categories, so that filters and group-bys work on integer codes and strings are
-/// made only for the answer.
-fn names_type() -> DataType {
-    DataType::from_categories(Categories::global())
+/// The rollup files' schema as read: names as strings, whether a file has them as plain
+/// strings (since the store wrote them so) or as Arrow dictionaries (older files, read as
+/// categoricals and cast).
+fn file_schema() -> SchemaRef {
+    let ts = DataType::Datetime(TimeUnit::Nanoseconds, Some(TimeZone::UTC));
+    let mut schema = Schema::default();
+    for (name, dtype) in [
+        ("device", DataType::String),
+        ("metric", DataType::String),
+        ("window_start", ts.clone()),
+        ("window_end", ts.clone()),
+        ("count", DataType::UInt64),
+        ("min", DataType::Float64),
+        ("max", DataType::Float64),
+        ("mean", DataType::Float64),
+        ("sum", DataType::Float64),
+        ("first", DataType::Float64),
+        ("last", DataType::Float64),
+        ("first_ts", ts.clone()),
+        ("last_ts", ts),
+    ] {
+        schema.with_column(name.into(), dtype);
+    }
+    std::sync::Arc::new(schema)
 }
 
 /// Columns common to stored and unwritten rows.
 fn common(lf: LazyFrame) -> LazyFrame {
     lf.select([
-        col("device").cast(names_type()),
-        col("metric").cast(names_type()),
+        col("device").cast(DataType::String),
+        col("metric").cast(DataType::String),
         col("start").cast(DataType::Int64),
         col("count").cast(DataType::UInt64),
         col("min"),
@@ -227,11 +246,6 @@ fn common(lf: LazyFrame) -> LazyFrame {
         col("first_ts").cast(DataType::Int64),
         col("last_ts").cast(DataType::Int64),
     ])
-}
-
-/// Names back to strings, for an answer.
-pub(crate) fn as_strings(names: &[&str]) -> Vec<Expr> {
-    names.iter().map(|n| col(*n).cast(DataType::String)).collect()
 }
 
 /// Collect with polars' streaming engine: it reads the part files in parallel, in pieces,
@@ -301,12 +315,22 @@ pub(crate) fn frame(inputs: &Inputs, q: &StatsQuery) -> PolarsResult<LazyFrame> 
             inputs.files.iter().map(|p| PlRefPath::new(p.to_string_lossy().as_ref())).collect();
         // The files are chosen above (by window size, day and flush): no hive columns, and
         // the paths are files, not patterns to expand.
-        let args = ScanArgsParquet {
+        let options = ParquetOptions {
+            schema: Some(file_schema()),
+            parallel: ParallelStrategy::Auto,
+            low_memory: false,
+            use_statistics: true,
+        };
+        let mut cast = CastColumnsPolicy::ERROR_ON_MISMATCH;
+        cast.categorical_to_string = true;
+        let unified = UnifiedScanArgs {
             hive_options: HiveOptions::new_disabled(),
             glob: false,
-            ..ScanArgsParquet::default()
+            cast_columns_policy: cast,
+            ..UnifiedScanArgs::default()
         };
-        let scanned = LazyFrame::scan_parquet_files(paths.into_iter().collect(), args)?
+        let sources = ScanSources::Paths(paths.into_iter().collect());
+        let scanned = LazyFrame::from(DslBuilder::scan_parquet(sources, options, unified)?.build())
             .filter(keep(col("window_start").cast(DataType::Int64)))
             .with_column(col("window_start").alias("start"));
         parts.push(common(scanned));
@@ -343,7 +367,6 @@ fn compute(inputs: &Inputs, q: &StatsQuery, bucket: i64, window_ns: i64) -> Resu
         .with_column(((col("start") - lit(from)) / lit(bucket) * lit(bucket) + lit(from)).alias("bucket"))
         .group_by([col("device"), col("metric"), col("bucket")])
         .agg(merged())
-        .with_columns(as_strings(&["device", "metric"]))
         .sort(["device", "metric", "bucket"], SortMultipleOptions::default());
     let df = collect(grouped)?;
     Ok(StatsAnswer { rows: rows(&df, bucket)?, source_window: Duration::from_nanos(window_ns as u64) })

@@ -3,9 +3,7 @@
 //! was heard in). Both come from the same stored rollups as [`crate::stats`], merged the same
 //! way, so they agree with it to the reading.
 
-use crate::stats::{
-    QueryError, StatsQuery, as_strings, blocking, collect, frame, inputs, merged, source_window,
-};
+use crate::stats::{QueryError, StatsQuery, blocking, collect, frame, inputs, merged, source_window};
 use fieldgate_proto::{DeviceId, Metric, Timestamp};
 use fieldgate_store::StoreReader;
 use polars::prelude::*;
@@ -116,7 +114,6 @@ pub async fn top(data_dir: &Path, reader: &StoreReader, q: &TopQuery) -> Result<
         let ranked = frame(&inputs, &range)?
             .group_by([col("device")])
             .agg(merged())
-            .with_columns(as_strings(&["device"]))
             .with_column(value.alias("value"))
             .sort_by_exprs(
                 [col("value"), col("device")],
@@ -168,7 +165,6 @@ pub async fn activity(
                 col("first_ts").min().alias("first_ts"),
                 col("last_ts").max().alias("last_ts"),
             ])
-            .with_columns(as_strings(&["device"]))
             .sort(["device"], SortMultipleOptions::default());
         let df = collect(per_device)?;
         let (device, readings) = (df.column("device")?.str()?, df.column("readings")?.u64()?);

@@ -341,3 +341,109 @@ fn activity_reference(all: &[Reading], from: Timestamp, to: Timestamp) -> Vec<De
         })
         .collect()
 }
+
+/// A rollup file as the store wrote them before names became plain strings: device and
+/// metric as Arrow dictionaries.
+fn write_old_format(path: &std::path::Path, device: &str, starts: &[i64], window: i64) {
+    use arrow_array::types::Int32Type;
+    use arrow_array::{
+        ArrayRef, Float64Array, TimestampNanosecondArray, UInt64Array, builder::StringDictionaryBuilder,
+    };
+    use arrow_schema::{DataType, Field, Schema, TimeUnit};
+    use std::sync::Arc;
+    let ts = DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into()));
+    let dict = DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("device", dict.clone(), false),
+        Field::new("metric", dict, false),
+        Field::new("window_start", ts.clone(), false),
+        Field::new("window_end", ts.clone(), false),
+        Field::new("count", DataType::UInt64, false),
+        Field::new("min", DataType::Float64, false),
+        Field::new("max", DataType::Float64, false),
+        Field::new("mean", DataType::Float64, false),
+        Field::new("sum", DataType::Float64, false),
+        Field::new("first", DataType::Float64, false),
+        Field::new("last", DataType::Float64, false),
+        Field::new("first_ts", ts.clone(), false),
+        Field::new("last_ts", ts, false),
+    ]));
+    let names = |v: &str| -> ArrayRef {
+        let mut b = StringDictionaryBuilder::<Int32Type>::new();
+        starts.iter().for_each(|_| b.append_value(v));
+        Arc::new(b.finish())
+    };
+    let times = |offset: i64| -> ArrayRef {
+        Arc::new(
+            TimestampNanosecondArray::from(starts.iter().map(|s| s + offset).collect::<Vec<_>>())
+                .with_timezone("UTC"),
+        )
+    };
+    let f = |v: f64| -> ArrayRef { Arc::new(Float64Array::from(vec![v; starts.len()])) };
+    let batch = arrow_array::RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            names(device),
+            names("level_pct"),
+            times(0),
+            times(window),
+            Arc::new(UInt64Array::from(vec![2u64; starts.len()])),
+            f(1.0),
+            f(3.0),
+            f(2.0),
+            f(4.0),
+            f(1.0),
+            f(3.0),
+            times(1),
+            times(window - 1),
+        ],
+    )
+    .unwrap();
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let mut w =
+        parquet::arrow::ArrowWriter::try_new(std::fs::File::create(path).unwrap(), schema, None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_from_before_names_became_plain_strings_are_read_with_the_new_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = StoreConfig::new(dir.path());
+    cfg.windows = vec![Duration::from_secs(60)];
+    cfg.allowed_lateness = Duration::ZERO;
+    cfg.flush_rows = 1;
+    let mut registry = prometheus_client::registry::Registry::default();
+    let store = tokio::task::spawn_blocking(move || Store::open(cfg, StoreMetrics::register(&mut registry)))
+        .await
+        .unwrap()
+        .unwrap();
+    // An old file: two minutes of `old-1`, as a flush before this store's first.
+    let day = fieldgate_store::layout::rollup_dir(dir.path(), 60 * S).join("date=2026-03-01");
+    write_old_format(
+        &day.join(fieldgate_store::layout::part_name(T0, 0)),
+        "old-1",
+        &[T0, T0 + 60 * S],
+        60 * S,
+    );
+    // New rows of `new-1`, closed and flushed.
+    let sink = store.sink();
+    let new: Vec<Reading> = (0..3)
+        .map(|m| Reading {
+            device: DeviceId::new("new-1").unwrap(),
+            metric: Metric::new("level_pct").unwrap(),
+            ts: Timestamp::from_nanos(T0 + m * 60 * S + 5 * S),
+            value: 10.0,
+            quality: Quality::Good,
+            source: Source::Modbus,
+        })
+        .collect();
+    sink.submit(new, Timestamp::now()).await.unwrap().await.unwrap();
+    let reader = store.reader();
+    let q = StatsQuery { devices: vec![], metrics: vec![], from: at(0), to: Some(at(120)), window: None };
+    let rows = stats(dir.path(), &reader, &q).await.unwrap().rows;
+    let got: Vec<(&str, u64, f64)> = rows.iter().map(|r| (r.device.as_str(), r.count, r.sum)).collect();
+    assert_eq!(got, vec![("new-1", 2, 20.0), ("old-1", 4, 8.0)]);
+    drop(sink);
+    tokio::task::spawn_blocking(move || store.close()).await.unwrap();
+}

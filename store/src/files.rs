@@ -45,8 +45,8 @@ pub fn rollup_schema() -> SchemaRef {
     SCHEMA
         .get_or_init(|| {
             Arc::new(Schema::new(vec![
-                Field::new("device", dict_type(), false),
-                Field::new("metric", dict_type(), false),
+                Field::new("device", DataType::Utf8, false),
+                Field::new("metric", DataType::Utf8, false),
                 Field::new("window_start", ts_type(), false),
                 Field::new("window_end", ts_type(), false),
                 Field::new("count", DataType::UInt64, false),
@@ -80,7 +80,8 @@ pub fn recording_schema() -> SchemaRef {
         .clone()
 }
 
-/// Columns of names, dictionary-encoded in the files.
+/// Columns of names, dictionary-encoded in the files (rollups give them to Arrow as plain
+/// strings, recordings as Arrow dictionaries).
 const DICTIONARY_COLUMNS: [&str; 4] = ["device", "metric", "quality", "source"];
 
 fn props(row_group_rows: usize, seq: u64, window: Option<&str>) -> WriterProperties {
@@ -155,6 +156,15 @@ fn f64_col(values: impl Iterator<Item = f64>) -> ArrayRef {
     Arc::new(b.finish())
 }
 
+/// Rollup names: plain strings to Arrow, dictionary-encoded in the Parquet pages all the same
+/// (same size on disk). Readers then get strings they can compare with the row groups'
+/// statistics: polars skips the row groups of other devices, and no longer rebuilds a
+/// categorical map from every row (measured: stats 1.1 to 1.9 times slower than DuckDB with
+/// Arrow dictionaries, within 3 to 12 % of it or faster without; see the stats bench).
+fn str_col<'a>(values: impl Iterator<Item = &'a str>) -> ArrayRef {
+    Arc::new(arrow_array::StringArray::from_iter_values(values))
+}
+
 fn dict_col<'a>(values: impl Iterator<Item = &'a str>) -> ArrayRef {
     let mut b = StringDictionaryBuilder::<Int32Type>::new();
     for v in values {
@@ -169,8 +179,8 @@ fn rollup_batch(rows: &[Rollup]) -> Result<RecordBatch, arrow_schema::ArrowError
     RecordBatch::try_new(
         rollup_schema(),
         vec![
-            dict_col(rows.iter().map(|r| r.device.as_str())),
-            dict_col(rows.iter().map(|r| r.metric.as_str())),
+            str_col(rows.iter().map(|r| r.device.as_str())),
+            str_col(rows.iter().map(|r| r.metric.as_str())),
             ts_col(rows.iter().map(|r| r.start)),
             ts_col(rows.iter().map(Rollup::end)),
             Arc::new(count.finish()),

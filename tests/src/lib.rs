@@ -607,11 +607,16 @@ fn parquet_batches(dir: &Path) -> Vec<arrow_array::RecordBatch> {
     batches
 }
 
-/// The values of a dictionary-encoded string column (device, metric).
+/// The values of a name column (device, metric): plain strings in rollups, an Arrow
+/// dictionary in recordings (and in rollups written before the change).
 fn dictionary_strings(b: &arrow_array::RecordBatch, name: &str) -> Vec<String> {
     use arrow_array::cast::AsArray;
     use arrow_array::types::Int32Type;
-    let dict = arrow_array::cast::as_dictionary_array::<Int32Type>(b.column_by_name(name).unwrap());
+    let column = b.column_by_name(name).unwrap();
+    if let Some(strings) = column.as_string_opt::<i32>() {
+        return strings.iter().map(|v| v.unwrap().to_owned()).collect();
+    }
+    let dict = arrow_array::cast::as_dictionary_array::<Int32Type>(column);
     let values = dict.values().as_string::<i32>();
     dict.keys().iter().map(|k| values.value(k.unwrap() as usize).to_owned()).collect()
 }

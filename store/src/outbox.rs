@@ -398,8 +398,12 @@ impl Outbox {
     /// The collector holds `ranges`: delete those batches. The cursor moves first, over
     /// every sequence number below the lowest batch still waiting.
     pub fn ack(&mut self, ranges: &[SeqRange]) -> io::Result<()> {
-        let acked: Vec<u64> =
-            ranges.iter().flat_map(|r| self.entries.range(r.first..=r.last).map(|(s, _)| *s)).collect();
+        // A range backwards (first after last) names nothing; `range` would panic on it.
+        let acked: std::collections::BTreeSet<u64> = ranges
+            .iter()
+            .filter(|r| r.first <= r.last)
+            .flat_map(|r| self.entries.range(r.first..=r.last).map(|(s, _)| *s))
+            .collect();
         let remaining_min = self.entries.keys().find(|s| !acked.contains(s)).copied();
         let through = match remaining_min {
             Some(min) => min - 1,
@@ -488,6 +492,8 @@ mod tests {
         // Acknowledging 1 and 3 deletes them; the cursor stops below 2.
         outbox.ack(&[SeqRange { first: 1, last: 1 }, SeqRange { first: 3, last: 3 }]).unwrap();
         assert_eq!((outbox.acked_through(), outbox.usage().1), (1, 1));
+        outbox.ack(&[SeqRange { first: 3, last: 2 }]).unwrap();
+        assert_eq!(outbox.usage().1, 1, "a backwards range acknowledges nothing");
         outbox.ack(&[SeqRange { first: 2, last: 2 }]).unwrap();
         assert_eq!((outbox.acked_through(), outbox.usage()), (3, (0, 0)));
         // Numbers keep growing after everything was acknowledged and the gateway restarted.

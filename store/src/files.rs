@@ -160,7 +160,8 @@ fn f64_col(values: impl Iterator<Item = f64>) -> ArrayRef {
 /// (same size on disk). Readers then get strings they can compare with the row groups'
 /// statistics: polars skips the row groups of other devices, and no longer rebuilds a
 /// categorical map from every row (measured: stats 1.1 to 1.9 times slower than DuckDB with
-/// Arrow dictionaries, within 3 to 12 % of it or faster without; see the stats bench).
+/// Arrow dictionaries, 3 to 21 % slower on small files and faster on larger ones without;
+/// see the stats bench).
 fn str_col<'a>(values: impl Iterator<Item = &'a str>) -> ArrayRef {
     Arc::new(arrow_array::StringArray::from_iter_values(values))
 }

@@ -203,11 +203,7 @@ fn stats_over_grpc_and_the_cli_match_the_readings_sent() {
     // A gRPC client gets the same numbers, in pages; bad questions say what is wrong.
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+        let channel = fieldgate_tests::grpc_channel(grpc).await;
         let mut client = QueryServiceClient::with_interceptor(channel, |mut r: tonic::Request<()>| {
             r.metadata_mut().insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
             Ok(r)
@@ -257,11 +253,7 @@ fn stats_over_grpc_and_the_cli_match_the_readings_sent() {
         let last = readings().into_iter().filter(|r| r.0 == "bin-2").max_by_key(|r| r.1).unwrap();
         assert_eq!(latest.into_inner().values.iter().map(|v| v.value).collect::<Vec<_>>(), vec![last.2]);
         // Health answers without a token; reflection lists the API to a caller with one.
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+        let channel = fieldgate_tests::grpc_channel(grpc).await;
         let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
         let serving =
             health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.unwrap();
@@ -416,11 +408,7 @@ fn a_call_is_answered_by_its_deadline_when_the_device_does_not_answer() {
     let send = |id: &str| {
         rt.block_on(async {
             use fieldgate_proto::v1::command_service_client::CommandServiceClient;
-            let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))
-                .unwrap()
-                .connect()
-                .await
-                .unwrap();
+            let channel = fieldgate_tests::grpc_channel(grpc).await;
             let command = v1::Command {
                 id: id.into(),
                 device: "pump-1".into(),

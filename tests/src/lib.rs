@@ -506,6 +506,11 @@ impl Drop for Subscriber {
     }
 }
 
+/// A channel to the gateway's plain-text gRPC API at `addr`.
+pub async fn grpc_channel(addr: SocketAddr) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap()
+}
+
 /// Send `command` to the gateway's gRPC API at `addr`, with a bearer `token` if given.
 pub fn send_command(
     addr: SocketAddr,
@@ -515,11 +520,7 @@ pub fn send_command(
     use fieldgate_proto::v1::command_service_client::CommandServiceClient;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+        let channel = grpc_channel(addr).await;
         let mut request = tonic::Request::new(fieldgate_proto::v1::SendRequest { command: Some(command) });
         if let Some(t) = token {
             request.metadata_mut().insert("authorization", format!("Bearer {t}").parse().unwrap());

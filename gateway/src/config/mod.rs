@@ -495,21 +495,22 @@ impl Validator {
         raw.enabled.then_some(GrpcConfig { listen, token, tls })
     }
 
+    /// The bytes of the file at `path` (relative to the config file), or a problem at `key`
+    /// saying why it cannot be read.
+    fn read_file(&mut self, key: &str, base: &Path, path: &Path) -> Option<Vec<u8>> {
+        let path = base.join(path);
+        std::fs::read(&path)
+            .map_err(|e| self.problem(key, format!("cannot read {}: {e}", path.display())))
+            .ok()
+    }
+
     /// Read the PEM files of `[grpc.tls]` and check that they make a working server
     /// configuration, naming the key of whatever is wrong.
     fn grpc_tls(&mut self, raw: raw::RawGrpcTls, base: &Path) -> Option<GrpcTls> {
-        let mut read = |key: &str, path: &Path| -> Option<Vec<u8>> {
-            let path = base.join(path);
-            std::fs::read(&path)
-                .map_err(|e| {
-                    self.problem(&format!("grpc.tls.{key}"), format!("cannot read {}: {e}", path.display()))
-                })
-                .ok()
-        };
-        let cert = read("cert_file", &raw.cert_file);
-        let key = read("key_file", &raw.key_file);
+        let cert = self.read_file("grpc.tls.cert_file", base, &raw.cert_file);
+        let key = self.read_file("grpc.tls.key_file", base, &raw.key_file);
         let client_ca = match &raw.client_ca_file {
-            Some(p) => Some(read("client_ca_file", p)?),
+            Some(p) => Some(self.read_file("grpc.tls.client_ca_file", base, p)?),
             None => None,
         };
         let tls = GrpcTls { cert: cert?, key: key?, client_ca };
@@ -766,15 +767,7 @@ impl Validator {
     /// the key of whatever is missing or unreadable.
     fn tls(&mut self, raw: raw::RawTls, base: &Path) -> Option<std::sync::Arc<rustls::ClientConfig>> {
         let mut read = |key: &str, path: &Option<PathBuf>| -> Option<Vec<u8>> {
-            let path = base.join(path.as_ref()?);
-            std::fs::read(&path)
-                .map_err(|e| {
-                    self.problem(
-                        &format!("mqtt.external.tls.{key}"),
-                        format!("cannot read {}: {e}", path.display()),
-                    )
-                })
-                .ok()
+            self.read_file(&format!("mqtt.external.tls.{key}"), base, path.as_ref()?)
         };
         let ca = read("ca_file", &raw.ca_file);
         let cert = read("cert_file", &raw.cert_file);

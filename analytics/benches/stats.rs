@@ -188,14 +188,58 @@ async fn main() {
         },
     ];
 
+    let files = walk(&layout::rollup_dir(dir.path(), MIN)).len();
+    compare(dir.path(), &reader, &questions, runs, devices, &format!("as flushed, {files} part files")).await;
+
+    // Compaction, as the store does once a day has ended; then the same questions again.
+    let rss_before = status_kib("VmRSS");
+    // Reset the peak ("5": clear the high-water mark) so it shows compaction's own.
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let t = Instant::now();
+    let report = tokio::task::block_in_place(|| store.compact_now()).unwrap();
+    println!(
+        "\ncompaction: {} part files, {:.0} MiB -> {:.0} MiB in {:.1} s; process RSS {:.0} MiB before, peak {:.0} MiB during",
+        report.files_in,
+        report.bytes_in as f64 / (1 << 20) as f64,
+        report.bytes_out as f64 / (1 << 20) as f64,
+        t.elapsed().as_secs_f64(),
+        rss_before as f64 / 1024.0,
+        status_kib("VmHWM") as f64 / 1024.0,
+    );
+    compare(dir.path(), &reader, &questions, runs, devices, "compacted, one file").await;
+    drop(reader);
+    tokio::task::spawn_blocking(move || store.close()).await.unwrap();
+}
+
+/// A `kB` field of `/proc/self/status` (0 if absent).
+fn status_kib(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(field)?.strip_prefix(':')?.trim().strip_suffix("kB")?.trim().parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+/// Run the questions on both sides over the files as they are now, and print the table.
+async fn compare(
+    dir: &Path,
+    reader: &fieldgate_store::StoreReader,
+    questions: &[Question],
+    runs: usize,
+    devices: usize,
+    layout_name: &str,
+) {
+    let (from, to) = (Timestamp::from_nanos(DAY), Some(Timestamp::from_nanos(DAY + 1440 * MIN)));
     // fieldgate: the query path the gRPC service runs.
     let mut ours = Vec::new();
-    for q in &questions {
+    for q in questions {
         let mut times = Vec::new();
         let mut answer = None;
         for _ in 0..=runs {
             let t = Instant::now();
-            let a = stats(dir.path(), &reader, &q.query).await.unwrap();
+            let a = stats(dir, reader, &q.query).await.unwrap();
             times.push(t.elapsed().as_secs_f64());
             answer = Some(a);
         }
@@ -206,7 +250,7 @@ async fn main() {
 
     // DuckDB: the same questions over the same part files.
     let files: Vec<String> =
-        walk(&layout::rollup_dir(dir.path(), MIN)).iter().map(|p| p.display().to_string()).collect();
+        walk(&layout::rollup_dir(dir, MIN)).iter().map(|p| p.display().to_string()).collect();
     let spec = serde_json::json!({
         "files": files,
         "runs": runs,
@@ -227,7 +271,7 @@ async fn main() {
     let theirs: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
 
     println!(
-        "\n{devices} devices x {METRICS} metrics, one day of 1 min rollups; {runs} runs after a warm-up; polars {}, DuckDB {} ({} threads)\n",
+        "\n{devices} devices x {METRICS} metrics, one day of 1 min rollups ({layout_name}); {runs} runs after a warm-up; polars {}, DuckDB {} ({} threads)\n",
         polars::VERSION,
         theirs["duckdb"].as_str().unwrap_or("?"),
         theirs["threads"]
@@ -254,6 +298,4 @@ async fn main() {
             if *rows as u64 == a["rows"].as_u64().unwrap() && close { "" } else { "  (answers differ!)" }
         );
     }
-    drop(reader);
-    tokio::task::spawn_blocking(move || store.close()).await.unwrap();
 }

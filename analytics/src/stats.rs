@@ -9,7 +9,7 @@
 
 use fieldgate_proto::{DeviceId, Metric, Timestamp};
 use fieldgate_store::window::Rollup;
-use fieldgate_store::{SnapshotError, StoreReader, layout};
+use fieldgate_store::{FilesGuard, SnapshotError, StoreReader, layout};
 use polars::prelude::*;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -142,6 +142,8 @@ pub fn source_window(sizes: &[i64], q: &StatsQuery, now: Timestamp) -> Result<(i
 pub(crate) struct Inputs {
     pub(crate) files: Vec<PathBuf>,
     pub(crate) unwritten: Vec<Rollup>,
+    /// Keeps compaction from replacing `files` until the inputs are dropped, after reading.
+    pub(crate) _held: FilesGuard,
 }
 
 pub(crate) async fn inputs(
@@ -154,6 +156,7 @@ pub(crate) async fn inputs(
         (!v.is_empty()).then(|| v.iter().cloned().collect())
     }
     let (devices, metrics) = (set(&q.devices), set(&q.metrics));
+    let held = reader.hold_files().await;
     let snapshot = reader.snapshot(window_ns, devices, metrics).await.map_err(|e| match e {
         SnapshotError::Stopped => QueryError::Unavailable,
         SnapshotError::UnknownWindow(w) => QueryError::Invalid(format!("no stored window of {w}")),
@@ -161,7 +164,7 @@ pub(crate) async fn inputs(
     let files = files(data_dir, window_ns, q.from, q.to_fixed(), snapshot.files_through);
     let mut unwritten = snapshot.rows;
     unwritten.sort_by(|a, b| (&a.device, &a.metric, a.start).cmp(&(&b.device, &b.metric, b.start)));
-    Ok(Inputs { files, unwritten })
+    Ok(Inputs { files, unwritten, _held: held })
 }
 
 /// Run CPU work (Parquet decoding, group-bys) off the runtime.

@@ -211,14 +211,25 @@ async fn stats_merge_files_unwritten_and_open_windows_exactly() {
             360,
         ),
     ];
-    for (what, q, w, b) in cases {
-        let answer = stats(dir.path(), &reader, &q).await.unwrap();
-        assert_eq!(
-            answer.source_window,
-            Duration::from_secs(w as u64),
-            "{what}: the coarsest stored window that fits"
-        );
-        close(&answer.rows, &reference(&all, &q, w * S, b * S), what);
+    // The same answers from the flushes' parts and, once the day is compacted, from one file
+    // per window size (the day, 2026-03-01, is long over).
+    for layout in ["parts", "compacted"] {
+        if layout == "compacted" {
+            let report = tokio::task::block_in_place(|| store.compact_now()).unwrap();
+            assert_eq!(report.partitions, 2, "10 s and 1 min: {report:?}");
+            let files =
+                fieldgate_store::layout::parts(&fieldgate_store::layout::rollup_dir(dir.path(), 10 * S));
+            assert_eq!(files.len(), 1);
+        }
+        for (what, q, w, b) in cases.clone() {
+            let answer = stats(dir.path(), &reader, &q).await.unwrap();
+            assert_eq!(
+                answer.source_window,
+                Duration::from_secs(w as u64),
+                "{what}: the coarsest stored window that fits"
+            );
+            close(&answer.rows, &reference(&all, &q, w * S, b * S), &format!("{what} ({layout})"));
+        }
     }
     // The open windows are in: the last reading (at 378.2 s) is counted.
     let q = StatsQuery {

@@ -9,7 +9,9 @@
 //! ```
 //! `window=` and `date=` are hive-style partitions, so DuckDB (`hive_partitioning = true`),
 //! polars and pyarrow see them as columns. `first_ts` is the earliest window start (or reading
-//! time) in the file, `seq` the checkpoint that committed it.
+//! time) in the file, `seq` the checkpoint that committed it; a compacted file (a finished
+//! day's parts merged, see `compact`) takes the newest `seq` it holds. `state/compact/` holds
+//! directories being built or waiting for deletion, never live data.
 
 use std::path::{Path, PathBuf};
 

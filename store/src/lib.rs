@@ -16,6 +16,7 @@
 
 mod checkpoint;
 mod codec;
+mod compact;
 mod config;
 pub mod files;
 pub mod layout;
@@ -30,10 +31,11 @@ pub mod window;
 mod writer;
 
 pub use codec::Malformed;
+pub use compact::CompactionReport;
 pub use config::{Retention, StoreConfig};
 pub use metrics::StoreMetrics;
 pub use outbox::{Outbox, OutboxConfig, OutboxRecovery};
-pub use snapshot::{Snapshot, SnapshotError, StoreReader};
+pub use snapshot::{FilesGuard, Snapshot, SnapshotError, StoreReader};
 pub use store::{Recovery, SharedOutbox, Store, StoreError, StoreStatus};
 pub use wal::WalRecovery;
 pub use window::{Outcome, Rollup};

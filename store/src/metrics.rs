@@ -50,6 +50,9 @@ pub struct StoreMetrics {
     pub write_errors: Family<ReasonLabels, Counter>,
     pub disk_bytes: Family<KindLabels, Gauge>,
     pub retention_deleted_files: Counter,
+    pub compacted_partitions: Counter,
+    pub compacted_files: Counter,
+    pub compaction_failures: Counter,
     pub recovery_replayed_records: Gauge,
     pub recovery_torn_tail_bytes: Gauge,
     pub recovery_corrupt_regions: Gauge,
@@ -58,6 +61,16 @@ pub struct StoreMetrics {
 }
 
 impl StoreMetrics {
+    /// Set the outbox gauges from `outbox` (after a flush fills it, or acks empty it).
+    pub fn set_outbox(&self, outbox: &crate::Outbox) {
+        let (bytes, batches) = outbox.usage();
+        self.outbox_bytes.set(bytes as i64);
+        self.outbox_batches.set(batches as i64);
+        let now = fieldgate_proto::Timestamp::now().as_nanos();
+        let age = outbox.oldest_data_ns().map_or(0, |t| (now - t).max(0) / 1_000_000_000);
+        self.outbox_oldest_seconds.set(age);
+    }
+
     pub fn register(registry: &mut Registry) -> Self {
         let m = StoreMetrics {
             readings: Family::default(),
@@ -81,6 +94,9 @@ impl StoreMetrics {
             write_errors: Family::default(),
             disk_bytes: Family::default(),
             retention_deleted_files: Counter::default(),
+            compacted_partitions: Counter::default(),
+            compacted_files: Counter::default(),
+            compaction_failures: Counter::default(),
             recovery_replayed_records: Gauge::default(),
             recovery_torn_tail_bytes: Gauge::default(),
             recovery_corrupt_regions: Gauge::default(),
@@ -141,6 +157,17 @@ impl StoreMetrics {
             "retention_deleted_files",
             "Files deleted by retention",
             m.retention_deleted_files.clone(),
+        );
+        r.register(
+            "compacted_partitions",
+            "Finished days whose part files were merged into one file (per window size or recordings)",
+            m.compacted_partitions.clone(),
+        );
+        r.register("compacted_files", "Part files merged by compaction", m.compacted_files.clone());
+        r.register(
+            "compaction_failures",
+            "Compaction passes that failed (the parts stay as they were; retried)",
+            m.compaction_failures.clone(),
         );
         r.register(
             "recovery_replayed_records",

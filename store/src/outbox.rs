@@ -36,6 +36,8 @@ pub const DIR: &str = "outbox";
 /// The state file holding the acknowledged cursor.
 pub const CURSOR: &str = "upstream-cursor";
 const MAGIC: &[u8; 4] = b"FGOB";
+/// Rows per batch unless configured otherwise ([`OutboxConfig::batch_rows`]).
+pub const DEFAULT_BATCH_ROWS: usize = 10_000;
 const HEADER: usize = 4 + 4 + 4 + 8 + 8 + 8 + 8;
 
 /// Which rollups go upstream, and how much disk the outbox may use.
@@ -44,6 +46,10 @@ pub struct OutboxConfig {
     /// Window sizes whose closed windows are forwarded (each must be one the store keeps).
     pub windows: Vec<Duration>,
     pub max_bytes: u64,
+    /// A flush's rows of one window size go into batches of at most this many rows (each
+    /// batch is one gRPC message; at about 57 bytes a row before compression, 10,000 rows
+    /// is well under gRPC's usual 4 MiB message limit).
+    pub batch_rows: usize,
 }
 
 /// What the outbox knows of one batch without reading it.
@@ -79,7 +85,11 @@ pub struct Outbox {
     data_dir: PathBuf,
     dir: PathBuf,
     max_bytes: u64,
+    batch_rows: usize,
     entries: BTreeMap<u64, Entry>,
+    /// Batches the collector holds that are still on disk because a lower one is not
+    /// acknowledged yet (see [`Outbox::ack`]).
+    acked: std::collections::BTreeSet<u64>,
     acked_through: u64,
     next_seq: u64,
     bytes: u64,
@@ -270,8 +280,17 @@ impl Outbox {
         recovery.batches = entries.len();
         let next_seq = entries.keys().next_back().copied().unwrap_or(0).max(acked_through) + 1;
         let bytes = entries.values().map(|e| e.bytes).sum();
-        let outbox =
-            Outbox { data_dir: data_dir.to_owned(), dir, max_bytes, entries, acked_through, next_seq, bytes };
+        let outbox = Outbox {
+            data_dir: data_dir.to_owned(),
+            dir,
+            max_bytes,
+            batch_rows: DEFAULT_BATCH_ROWS,
+            entries,
+            acked: std::collections::BTreeSet::new(),
+            acked_through,
+            next_seq,
+            bytes,
+        };
         Ok((outbox, recovery))
     }
 
@@ -284,7 +303,9 @@ impl Outbox {
             self.next_seq = self.next_seq.min(seq);
         }
         let mut written = Vec::new();
-        for (window_ns, rows) in rollups.iter().filter(|(_, r)| !r.is_empty()) {
+        let per_batch = self.batch_rows;
+        let pieces = rollups.iter().flat_map(|(w, rows)| rows.chunks(per_batch).map(move |c| (w, c)));
+        for (window_ns, rows) in pieces {
             let seq = self.next_seq;
             let columns = encode_rollups(*window_ns, rows);
             let batch = Batch { seq, body: Some(Body::Rollups(columns)) };
@@ -328,25 +349,37 @@ impl Outbox {
 
     /// Past the cap, drop the oldest batches and record them as a gap (written by flush
     /// `flush`, committed already). Returns the gap's entry, if one was needed.
-    pub fn enforce_cap(&mut self, flush: u64) -> io::Result<Option<Entry>> {
-        if self.bytes <= self.max_bytes {
-            return Ok(None);
+    pub fn enforce_cap(&mut self, flush: u64) -> io::Result<Vec<Entry>> {
+        let mut gaps = Vec::new();
+        while self.bytes > self.max_bytes {
+            match self.drop_oldest_run(flush)? {
+                Some(gap) => gaps.push(gap),
+                None => break,
+            }
         }
-        // Room for the gap batch itself (a few dozen bytes) is kept.
+        Ok(gaps)
+    }
+
+    /// Drop the oldest run of consecutive data batches that brings the outbox under its cap
+    /// (or up to the next gap), and record it as a gap.
+    fn drop_oldest_run(&mut self, flush: u64) -> io::Result<Option<Entry>> {
+        // Room for the gap batch itself (a few dozen bytes) is kept. Earlier gaps are never
+        // dropped (their record of what is missing must reach the collector; they are tiny),
+        // and a run stops at one, so its range names exactly the numbers dropped.
         let mut dropped: Vec<Entry> = Vec::new();
         let mut left = self.bytes;
-        for e in self.entries.values() {
-            if left + 256 <= self.max_bytes {
+        for e in self.entries.values().skip_while(|e| e.window_ns == 0 || self.acked.contains(&e.seq)) {
+            // A gap, or a batch the collector holds, ends the run: its range must not span them.
+            if left + 256 <= self.max_bytes || e.window_ns == 0 || self.acked.contains(&e.seq) {
                 break;
             }
             left -= e.bytes;
             dropped.push(e.clone());
         }
         let (Some(first), Some(last)) = (dropped.first(), dropped.last()) else { return Ok(None) };
-        let from_ns =
-            dropped.iter().filter(|e| e.window_ns != 0).map(|e| e.from_ns).min().unwrap_or(first.from_ns);
-        let to_ns = dropped.iter().filter(|e| e.window_ns != 0).map(|e| e.to_ns).max().unwrap_or(last.to_ns);
-        let rows: u64 = dropped.iter().filter(|e| e.window_ns != 0).map(|e| e.rows).sum();
+        let from_ns = dropped.iter().map(|e| e.from_ns).min().unwrap_or(first.from_ns);
+        let to_ns = dropped.iter().map(|e| e.to_ns).max().unwrap_or(last.to_ns);
+        let rows: u64 = dropped.iter().map(|e| e.rows).sum();
         let seq = self.next_seq;
         let gap = Gap {
             dropped: Some(SeqRange { first: first.seq, last: last.seq }),
@@ -377,9 +410,19 @@ impl Outbox {
         Ok(Some(entry))
     }
 
-    /// Batches that may be sent: those of flushes up to `committed`, in sequence order.
+    /// Batches that may be sent: those of flushes up to `committed` that the collector does
+    /// not hold yet, in sequence order.
     pub fn sendable(&self, committed: u64) -> Vec<Entry> {
-        self.entries.values().filter(|e| e.flush <= committed).cloned().collect()
+        self.entries
+            .values()
+            .filter(|e| e.flush <= committed && !self.acked.contains(&e.seq))
+            .cloned()
+            .collect()
+    }
+
+    /// Split each flush's rows of one window size into batches of at most `rows` rows.
+    pub fn set_batch_rows(&mut self, rows: usize) {
+        self.batch_rows = rows.max(1);
     }
 
     /// The batch `seq` as the forwarder sends it.
@@ -395,25 +438,29 @@ impl Outbox {
         Batch::decode(payload).map_err(|e| invalid(e.to_string()))
     }
 
-    /// The collector holds `ranges`: delete those batches. The cursor moves first, over
-    /// every sequence number below the lowest batch still waiting.
+    /// The collector holds `ranges`. Batches are deleted only as a prefix: up to the lowest
+    /// one not acknowledged, with the cursor moved over them first. One acknowledged beyond it
+    /// (after an outage the newest coarse batches go first) stays on disk, marked, until the
+    /// batches below it are acknowledged too.
+    ///
+    /// That keeps the highest number ever given out on disk or in the cursor, which is where
+    /// [`Outbox::open`] continues numbering from. Deleting out of order once let a restarted
+    /// gateway give a number the collector already held to new rows, which it then took for
+    /// a duplicate and dropped (found by the gateway SIGKILL test).
     pub fn ack(&mut self, ranges: &[SeqRange]) -> io::Result<()> {
         // A range backwards (first after last) names nothing; `range` would panic on it.
-        let acked: std::collections::BTreeSet<u64> = ranges
-            .iter()
-            .filter(|r| r.first <= r.last)
-            .flat_map(|r| self.entries.range(r.first..=r.last).map(|(s, _)| *s))
-            .collect();
-        let remaining_min = self.entries.keys().find(|s| !acked.contains(s)).copied();
-        let through = match remaining_min {
-            Some(min) => min - 1,
-            None => self.next_seq - 1,
-        };
+        for r in ranges.iter().filter(|r| r.first <= r.last) {
+            let held: Vec<u64> = self.entries.range(r.first..=r.last).map(|(s, _)| *s).collect();
+            self.acked.extend(held);
+        }
+        let prefix: Vec<u64> = self.entries.keys().take_while(|s| self.acked.contains(s)).copied().collect();
+        let Some(&through) = prefix.last() else { return Ok(()) };
         if through > self.acked_through {
             crate::state::replace(&self.data_dir, CURSOR, through.to_string().as_bytes())?;
             self.acked_through = through;
         }
-        for seq in acked {
+        for seq in prefix {
+            self.acked.remove(&seq);
             self.forget(seq)?;
         }
         Ok(())
@@ -429,12 +476,13 @@ impl Outbox {
 
     /// The oldest window start of rows still waiting (not counting gaps), ns.
     pub fn oldest_data_ns(&self) -> Option<i64> {
-        self.entries.values().filter(|e| e.window_ns != 0).map(|e| e.from_ns).min()
+        let waiting = self.entries.values().filter(|e| e.window_ns != 0 && !self.acked.contains(&e.seq));
+        waiting.map(|e| e.from_ns).min()
     }
 
-    /// Bytes on disk and batches waiting.
+    /// Bytes on disk, and batches the collector does not hold yet.
     pub fn usage(&self) -> (u64, usize) {
-        (self.bytes, self.entries.len())
+        (self.bytes, self.entries.len() - self.acked.len())
     }
 }
 
@@ -489,9 +537,13 @@ mod tests {
         let Some(Body::Rollups(c)) = outbox.read(1).unwrap().body else { panic!("rollups") };
         assert_eq!(decode_rollups(&c).unwrap(), a);
         assert_eq!(outbox.write(7, &[(w, &a)]).unwrap()[0].seq, 3);
-        // Acknowledging 1 and 3 deletes them; the cursor stops below 2.
+        // Acknowledging 1 and 3 deletes 1; 3 stays on disk (it holds the highest number given
+        // out) but waits no more; the cursor stops below 2.
         outbox.ack(&[SeqRange { first: 1, last: 1 }, SeqRange { first: 3, last: 3 }]).unwrap();
         assert_eq!((outbox.acked_through(), outbox.usage().1), (1, 1));
+        assert_eq!(outbox.sendable(9).iter().map(|e| e.seq).collect::<Vec<_>>(), vec![2]);
+        let (reopened, _) = Outbox::open(dir.path(), 1 << 30, 7).unwrap();
+        assert_eq!(reopened.next_seq(), 4, "a restart here gives no number twice");
         outbox.ack(&[SeqRange { first: 3, last: 2 }]).unwrap();
         assert_eq!(outbox.usage().1, 1, "a backwards range acknowledges nothing");
         outbox.ack(&[SeqRange { first: 2, last: 2 }]).unwrap();
@@ -511,7 +563,7 @@ mod tests {
         }
         let one = outbox.usage().0 / 4;
         outbox.max_bytes = one * 2 + 300;
-        let gap = outbox.enforce_cap(4).unwrap().expect("over the cap");
+        let gap = outbox.enforce_cap(4).unwrap().pop().expect("over the cap");
         assert_eq!((gap.seq, gap.rows, gap.from_ns), (5, 100, 10 * w));
         let Some(Body::Gap(g)) = outbox.read(5).unwrap().body else { panic!("a gap") };
         assert_eq!(g.dropped, Some(SeqRange { first: 1, last: 2 }));

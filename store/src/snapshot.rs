@@ -10,7 +10,8 @@
 use crate::window::Rollup;
 use fieldgate_proto::{DeviceId, Metric};
 use std::collections::HashSet;
-use tokio::sync::{mpsc, oneshot};
+use std::sync::Arc;
+use tokio::sync::{OwnedRwLockReadGuard, RwLock, mpsc, oneshot};
 
 /// What a query asks the writer for.
 #[derive(Debug)]
@@ -52,12 +53,24 @@ pub enum SnapshotError {
 pub struct StoreReader {
     pub(crate) tx: mpsc::Sender<SnapshotRequest>,
     pub(crate) sizes: Vec<i64>,
+    pub(crate) files: Arc<RwLock<()>>,
 }
+
+/// While held, no compaction swaps part files: see [`StoreReader::hold_files`].
+#[derive(Debug)]
+pub struct FilesGuard(#[allow(dead_code)] OwnedRwLockReadGuard<()>);
 
 impl StoreReader {
     /// The window sizes the store keeps, in ns, finest first.
     pub fn sizes(&self) -> &[i64] {
         &self.sizes
+    }
+
+    /// Hold the part files still: take this before [`StoreReader::snapshot`] and keep it until
+    /// the files listed are read. Compaction waits for it before it replaces a day's parts, so
+    /// the files and the snapshot stay one consistent picture.
+    pub async fn hold_files(&self) -> FilesGuard {
+        FilesGuard(Arc::clone(&self.files).read_owned().await)
     }
 
     /// The rows of `window_ns` windows not in committed files yet, for `devices` and `metrics`

@@ -74,6 +74,8 @@ pub struct Store {
     shared: Arc<Shared>,
     writer: Option<JoinHandle<()>>,
     flusher: Option<JoinHandle<()>>,
+    compactor: Option<JoinHandle<()>>,
+    compact: Option<std::sync::mpsc::Sender<crate::compact::Request>>,
     recovery: Recovery,
     outbox: Option<SharedOutbox>,
 }
@@ -125,12 +127,14 @@ impl Store {
                 }
             }
         };
+        crate::compact::clear(&data).map_err(io("cannot clean up", state_dir.join(crate::compact::DIR)))?;
         recovery.orphan_files =
             checkpoint::remove_orphans(&data, checkpoint_seq).map_err(io("cannot clean up", &data))?;
         let outbox = match &cfg.outbox {
             Some(o) => {
-                let (outbox, found) = crate::Outbox::open(&data, o.max_bytes, checkpoint_seq)
+                let (mut outbox, found) = crate::Outbox::open(&data, o.max_bytes, checkpoint_seq)
                     .map_err(io("cannot open the outbox", data.join(crate::outbox::DIR)))?;
+                outbox.set_batch_rows(o.batch_rows);
                 recovery.outbox = Some(found);
                 Some(Arc::new(std::sync::Mutex::new(outbox)))
             }
@@ -180,7 +184,8 @@ impl Store {
         // Queries wait here while a flush is in flight; a few at once is plenty on a gateway.
         let (snapshots_tx, snapshots) = mpsc::channel(16);
         let sizes = windows.sizes().to_vec();
-        let reader = StoreReader { tx: snapshots_tx, sizes: sizes.clone() };
+        let reader =
+            StoreReader { tx: snapshots_tx, sizes: sizes.clone(), files: Arc::clone(&shared.locks.readers) };
         let writer = Writer {
             window_labels: sizes.iter().map(|&w| layout::window_label(w)).collect(),
             cfg: cfg.clone(),
@@ -193,6 +198,7 @@ impl Store {
             checkpoint_seq,
             stage_failures: 0,
         };
+        let row_group_rows = cfg.row_group_rows;
         let flusher = {
             let shared = Arc::clone(&shared);
             let outbox = outbox.clone();
@@ -200,6 +206,14 @@ impl Store {
                 .name("fieldgate-flush".into())
                 .spawn(move || run_flusher(cfg, shared, jobs_rx, done_tx, sizes, outbox))
                 .map_err(|e| StoreError::Thread("flush", e))?
+        };
+        let (compact_tx, compact_rx) = std::sync::mpsc::channel();
+        let compactor = {
+            let (shared, data, rows) = (Arc::clone(&shared), data.clone(), row_group_rows);
+            std::thread::Builder::new()
+                .name("fieldgate-compact".into())
+                .spawn(move || crate::compact::run(data, rows, shared, compact_rx))
+                .map_err(|e| StoreError::Thread("compaction", e))?
         };
         let writer = {
             let shared = Arc::clone(&shared);
@@ -226,6 +240,8 @@ impl Store {
             shared,
             writer: Some(writer),
             flusher: Some(flusher),
+            compactor: Some(compactor),
+            compact: Some(compact_tx),
             recovery,
             outbox,
         })
@@ -261,6 +277,17 @@ impl Store {
         self.outbox.clone()
     }
 
+    /// Compact every finished day with more than one part file now, without waiting for the
+    /// day to go quiet (see [`crate::compact`]; the store also does it by itself every few
+    /// minutes). Blocking.
+    pub fn compact_now(&self) -> std::io::Result<crate::CompactionReport> {
+        let (reply, answer) = std::sync::mpsc::channel();
+        let closed = || std::io::Error::other("the store is closing");
+        let tx = self.compact.as_ref().ok_or_else(closed)?;
+        tx.send(crate::compact::Request::Now(reply)).map_err(|_| closed())?;
+        answer.recv().map_err(|_| closed())?
+    }
+
     /// What recovery found when the store opened.
     pub fn recovery(&self) -> &Recovery {
         &self.recovery
@@ -291,6 +318,12 @@ impl Store {
             && f.join().is_err()
         {
             tracing::error!("the store's flush thread panicked");
+        }
+        drop(self.compact.take());
+        if let Some(c) = self.compactor.take()
+            && c.join().is_err()
+        {
+            tracing::error!("the store's compaction thread panicked");
         }
         self.shared.set_status(StoreStatus::Stopped);
     }

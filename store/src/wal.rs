@@ -54,7 +54,7 @@ fn segment_path(dir: &Path, first_seq: u64) -> PathBuf {
 }
 
 /// fsync a directory, so a file created, renamed or removed in it survives power loss.
-pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 

@@ -41,6 +41,8 @@ pub(crate) struct Shared {
     pub(crate) checkpointed: watch::Sender<u64>,
     /// The writer's and the flusher's current problem, if any.
     problems: Mutex<[Option<(bool, String)>; 2]>,
+    /// Keeps part files consistent while compaction swaps a day's directory.
+    pub(crate) locks: crate::compact::FileLocks,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -61,6 +63,7 @@ impl Shared {
             status,
             checkpointed,
             problems: Mutex::new([None, None]),
+            locks: crate::compact::FileLocks::default(),
         }
     }
 
@@ -459,7 +462,11 @@ pub(crate) fn run_flusher(
     for mut job in jobs {
         let mut attempt = 0;
         let deletable = loop {
-            match flush(&cfg, &shared.metrics, &mut job, outbox.as_ref()) {
+            let written = {
+                let _writing = shared.locks.writers.lock().unwrap_or_else(PoisonError::into_inner);
+                flush(&cfg, &shared.metrics, &mut job, outbox.as_ref())
+            };
+            match written {
                 Ok(deletable) => {
                     if attempt > 0 {
                         tracing::info!(attempts = attempt + 1, "flush succeeded again");
@@ -486,6 +493,7 @@ pub(crate) fn run_flusher(
         }
         if last_retention.is_none_or(|t| t.elapsed() >= RETENTION_INTERVAL) {
             last_retention = Some(Instant::now());
+            let _writing = shared.locks.writers.lock().unwrap_or_else(PoisonError::into_inner);
             match retention::enforce(&cfg.data_dir, &cfg.retention, &windows, Timestamp::now().as_nanos()) {
                 Ok(pass) => {
                     shared.metrics.retention_deleted_files.inc_by(pass.deleted_files);
@@ -544,20 +552,14 @@ fn flush(
         let mut outbox = outbox.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         // The flush is committed: a failure here is logged, not retried as a flush.
         match outbox.enforce_cap(job.seq) {
-            Ok(Some(gap)) => {
-                m.outbox_dropped_rows.inc_by(gap.rows);
+            Ok(gaps) => {
+                m.outbox_dropped_rows.inc_by(gaps.iter().map(|g| g.rows).sum());
             }
-            Ok(None) => {}
             Err(e) => {
                 tracing::error!(error = %e, "enforcing the outbox cap failed; will retry at the next flush")
             }
         }
-        let (bytes, batches) = outbox.usage();
-        m.outbox_bytes.set(bytes as i64);
-        m.outbox_batches.set(batches as i64);
-        let age =
-            outbox.oldest_data_ns().map_or(0, |t| (Timestamp::now().as_nanos() - t).max(0) / 1_000_000_000);
-        m.outbox_oldest_seconds.set(age);
+        m.set_outbox(&outbox);
     }
     let rows = [job.rollups.iter().map(|(_, r)| r.len() as u64).sum(), job.recordings.len() as u64];
     for (k, kind) in ["rollup", "recording"].into_iter().enumerate() {

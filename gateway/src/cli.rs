@@ -42,6 +42,30 @@ pub enum Command {
     },
     /// Ask a running gateway: stats, latest values, devices, the harvest fleet.
     Query(crate::query_cli::QueryArgs),
+    /// Run a collector: the upstream end that gateways forward their rollups to.
+    Collector(CollectorArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CollectorArgs {
+    /// Where gateways connect, e.g. 0.0.0.0:50052 (port 0 picks a free one; it is logged).
+    #[arg(long, default_value = "127.0.0.1:50052")]
+    pub listen: std::net::SocketAddr,
+    /// Where the fleet's data lands (rollups/, gaps/, ledger/).
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// A file of `<gateway-id> <token>` lines; with it, each gateway must present its token.
+    /// Required beyond loopback.
+    #[arg(long)]
+    pub tokens_file: Option<PathBuf>,
+    /// TLS: the collector's certificate chain and key (PEM).
+    #[arg(long, requires = "tls_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+    #[arg(long, requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
+    /// With TLS: require gateways to present a certificate chaining to this CA.
+    #[arg(long, requires = "tls_cert_file")]
+    pub tls_client_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -96,6 +120,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Modbus { command: ModbusCommand::Probe(args) } => probe(args),
         Command::Query(args) => crate::query_cli::query(args),
+        Command::Collector(args) => collector(args),
     }
 }
 
@@ -197,6 +222,51 @@ fn run(config_path: PathBuf) -> anyhow::Result<ExitCode> {
         let signals = Signals::install()?;
         tokio::spawn(signals.watch(shutdown.clone()));
         crate::run(config, shutdown).await.map_err(anyhow::Error::from)
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn collector(args: CollectorArgs) -> anyhow::Result<ExitCode> {
+    use anyhow::Context;
+    let tokens = match &args.tokens_file {
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            Some(
+                crate::collector::parse_tokens(&text)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+            )
+        }
+        None => None,
+    };
+    if tokens.is_none() && !args.listen.ip().is_loopback() {
+        anyhow::bail!(
+            "--listen {}: beyond loopback each gateway needs a token; give --tokens-file",
+            args.listen
+        );
+    }
+    let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
+    let tls = match (&args.tls_cert_file, &args.tls_key_file) {
+        (Some(c), Some(k)) => Some(crate::config::GrpcTls {
+            cert: read(c)?,
+            key: read(k)?,
+            client_ca: args.tls_client_ca_file.as_ref().map(read).transpose()?,
+        }),
+        _ => None,
+    };
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
+    raise_open_files_limit();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        let signals = Signals::install()?;
+        tokio::spawn(signals.watch(shutdown.clone()));
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let sink = std::sync::Arc::new(crate::collector::ParquetSink::new(&args.data_dir));
+        crate::collector::serve(listener, sink, tokens, tls, &args.data_dir, shutdown).await
     })?;
     Ok(ExitCode::SUCCESS)
 }

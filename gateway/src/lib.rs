@@ -8,6 +8,7 @@
 //! [`cli::dispatch`]; tests call [`run`] or [`start`] in-process with their own shutdown token.
 
 pub mod cli;
+pub mod collector;
 pub mod commands;
 pub mod config;
 pub mod deadline;
@@ -21,6 +22,7 @@ pub mod query_cli;
 pub mod router;
 pub mod runtime;
 pub mod telemetry;
+pub mod upstream;
 
 pub use config::Config;
 pub use runtime::{RunError, Running, run, start};

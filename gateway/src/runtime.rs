@@ -91,6 +91,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let metrics = GatewayMetrics::register(&mut registry);
     let store_metrics = StoreMetrics::register(&mut registry);
     let adapter_metrics = AdapterMetrics::register(&mut registry);
+    let upstream_metrics = config.upstream.is_some().then(|| crate::upstream::UpstreamMetrics {
+        store: Some(store_metrics.clone()),
+        ..crate::upstream::UpstreamMetrics::register(&mut registry)
+    });
     let registry = Arc::new(registry);
 
     // HTTP first, so /healthz can say "store starting" during a long WAL recovery. The
@@ -157,6 +161,21 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         ),
     );
     let store_reader = store.reader();
+    if let (Some(settings), Some(outbox), Some(metrics)) =
+        (config.upstream.clone(), store.outbox(), upstream_metrics)
+    {
+        let outbox_id = crate::upstream::outbox_id(data_dir)
+            .map_err(|source| RunError::DataDir { path: data_dir.clone(), source })?;
+        let (link_tx, link) =
+            tokio::sync::watch::channel(fieldgate_adapters::LinkState::Connecting("starting".into()));
+        running.spawn("upstream-health", report_link("upstream", link, health.clone(), shutdown.clone()));
+        let committed = store.checkpointed();
+        let stop = shutdown.clone();
+        running.spawn("upstream", async move {
+            crate::upstream::run(settings, outbox_id, outbox, committed, metrics, link_tx, stop).await;
+            Ok(())
+        });
+    }
     running.spawn("store", watch_store(store, health.clone(), shutdown.clone()));
     let mut mqtt_commands = None;
     if let Some(MqttConfig { broker, command_topic, command_timeout }) = config.mqtt.clone() {
@@ -452,8 +471,13 @@ async fn report_link(
     health: Health,
     shutdown: CancellationToken,
 ) -> TaskResult {
+    // Without its collector the gateway still collects and keeps everything: degraded, not down.
+    let optional = component == "upstream";
     loop {
         match link.borrow_and_update().clone() {
+            LinkState::Connecting(d) | LinkState::Down(d) if optional => {
+                health.set(component, Status::Degraded, d)
+            }
             LinkState::Connecting(d) => health.set(component, Status::Starting, d),
             LinkState::Up(d) => health.set(component, Status::Up, d),
             LinkState::Down(d) => health.set(component, Status::Down, d),
@@ -599,6 +623,7 @@ mod tests {
             grpc: None,
             modbus: Vec::new(),
             lorawan: None,
+            upstream: None,
         }
     }
 

@@ -8,3 +8,4 @@ mod mqtt;
 mod query;
 mod spine;
 mod store;
+mod upstream;

@@ -594,10 +594,25 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     (f[0] + f[1]) / 100.0
 }
 
-/// Every record batch of the Parquet part files in `dir`.
+/// Every Parquet file under `dir`, recursively, sorted.
+fn parquet_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().map(Result::unwrap) {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(parquet_files(&p));
+        } else if p.extension().is_some_and(|x| x == "parquet") {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Every record batch of the Parquet files under `dir`.
 fn parquet_batches(dir: &Path) -> Vec<arrow_array::RecordBatch> {
     let mut batches = Vec::new();
-    for (path, _, _) in fieldgate_store::layout::parts(dir) {
+    for path in parquet_files(dir) {
         let file = std::fs::File::open(&path).unwrap();
         let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
             .unwrap()
@@ -625,12 +640,27 @@ fn dictionary_strings(b: &arrow_array::RecordBatch, name: &str) -> Vec<String> {
 /// (device, metric, window_start, count, sum) of every rollup row of one window size, read
 /// from the Parquet files under `data_dir`.
 pub fn rollup_rows(data_dir: &Path, window: &str) -> Vec<(String, String, i64, u64, f64)> {
+    rows_in(&data_dir.join(fieldgate_store::layout::ROLLUPS).join(format!("window={window}")))
+}
+
+/// The same rows as [`rollup_rows`], of one gateway's files at a collector (`collector_dir`
+/// is the collector's `--data-dir`).
+pub fn fleet_rollup_rows(
+    collector_dir: &Path,
+    gateway: &str,
+    window: &str,
+) -> Vec<(String, String, i64, u64, f64)> {
+    rows_in(
+        &collector_dir.join("rollups").join(format!("gateway={gateway}")).join(format!("window={window}")),
+    )
+}
+
+fn rows_in(dir: &Path) -> Vec<(String, String, i64, u64, f64)> {
     use arrow_array::Array;
     use arrow_array::cast::AsArray;
     use arrow_array::types::{Float64Type, TimestampNanosecondType, UInt64Type};
     let mut rows = Vec::new();
-    let dir = data_dir.join(fieldgate_store::layout::ROLLUPS).join(format!("window={window}"));
-    for b in parquet_batches(&dir) {
+    for b in parquet_batches(dir) {
         let (devices, metrics) = (dictionary_strings(&b, "device"), dictionary_strings(&b, "metric"));
         let starts = b.column_by_name("window_start").unwrap().as_primitive::<TimestampNanosecondType>();
         let counts = b.column_by_name("count").unwrap().as_primitive::<UInt64Type>();

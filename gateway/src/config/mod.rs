@@ -45,6 +45,8 @@ pub struct Config {
     pub modbus: Vec<BusSettings>,
     /// The LoRaWAN network server; `None` without a `[lorawan]` section.
     pub lorawan: Option<LorawanConfig>,
+    /// Forwarding to a collector; `None` without an `[upstream]` section.
+    pub upstream: Option<crate::upstream::UpstreamSettings>,
 }
 
 /// MQTT: the broker, and where commands go.
@@ -166,7 +168,8 @@ impl Validator {
 
     fn config(&mut self, raw: raw::RawConfig, base: &Path, env: &dyn Fn(&str) -> Option<String>) -> Config {
         let gateway = self.gateway(raw.gateway, base);
-        let store = self.store(raw.store, &gateway.data_dir);
+        let mut store = self.store(raw.store, &gateway.data_dir);
+        let upstream = raw.upstream.map(|u| self.upstream(u, &gateway.id, &mut store, base, env));
         let mqtt = self.mqtt(raw.mqtt, &gateway.id, base, env);
         let grpc = self.grpc(raw.grpc, env, base);
         let modbus = self.modbus(raw.modbus);
@@ -179,6 +182,105 @@ impl Validator {
             grpc,
             modbus,
             lorawan,
+            upstream,
+        }
+    }
+
+    /// `[upstream]`: the forwarder's settings, and the store's outbox they imply.
+    fn upstream(
+        &mut self,
+        raw: raw::RawUpstream,
+        gateway_id: &str,
+        store: &mut StoreConfig,
+        base: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> crate::upstream::UpstreamSettings {
+        const S: Duration = Duration::from_secs(1);
+        const HOUR: Duration = Duration::from_secs(3600);
+        let https = raw.endpoint.starts_with("https://");
+        if !https && !raw.endpoint.starts_with("http://") {
+            self.problem(
+                "upstream.endpoint",
+                format!("`{}` is not like \"http://host:50052\" or \"https://host:50052\"", raw.endpoint),
+            );
+        } else if tonic::transport::Endpoint::from_shared(raw.endpoint.clone()).is_err() {
+            self.problem("upstream.endpoint", format!("`{}` is not a valid URL", raw.endpoint));
+        }
+        let mut windows = Vec::new();
+        for (i, w) in raw.windows.iter().enumerate() {
+            if store.windows.contains(&w.0) {
+                windows.push(w.0);
+            } else {
+                self.problem(&format!("upstream.windows[{i}]"), format!("{w} is not one of store.windows"));
+            }
+        }
+        if raw.windows.is_empty() {
+            // All but the finest: the fleet view needs minutes, not the 10 s detail.
+            windows = store.windows.iter().copied().skip(usize::from(store.windows.len() > 1)).collect();
+        }
+        if raw.max_disk.0 < 64 << 10 {
+            self.problem("upstream.max_disk", format!("must be at least 64KiB, got {}", raw.max_disk));
+        }
+        store.outbox = Some(fieldgate_store::OutboxConfig {
+            windows,
+            max_bytes: raw.max_disk.0,
+            batch_rows: self.count("upstream.batch_rows", raw.batch_rows, 1, 1_000_000),
+        });
+        let token = raw.token.and_then(|t| match t.resolve(env) {
+            Ok(t) if t.expose().is_empty() => {
+                self.problem("upstream.token", "the token is empty");
+                None
+            }
+            Ok(t) => Some(t),
+            Err(e) => {
+                self.problem("upstream.token", e);
+                None
+            }
+        });
+        let tls = raw.tls.and_then(|t| {
+            let ca = self.read_file("upstream.tls.ca_file", base, &t.ca_file)?;
+            let identity = match (&t.cert_file, &t.key_file) {
+                (Some(c), Some(k)) => Some((
+                    self.read_file("upstream.tls.cert_file", base, c)?,
+                    self.read_file("upstream.tls.key_file", base, k)?,
+                )),
+                (None, None) => None,
+                _ => {
+                    self.problem("upstream.tls", "give both `cert_file` and `key_file`, or neither");
+                    None
+                }
+            };
+            Some(crate::upstream::UpstreamTls { ca, identity, domain: t.domain })
+        });
+        if https && tls.is_none() {
+            self.problem(
+                "upstream.endpoint",
+                "an https endpoint needs [upstream.tls] with the collector's `ca_file`",
+            );
+        }
+        if !https && tls.is_some() {
+            self.problem("upstream.tls", "TLS needs an https:// endpoint");
+        }
+        let reconnect_min =
+            self.duration("upstream.reconnect_min", raw.reconnect_min, Duration::from_millis(10), HOUR);
+        crate::upstream::UpstreamSettings {
+            endpoint: raw.endpoint,
+            gateway_id: gateway_id.to_owned(),
+            token,
+            tls,
+            max_in_flight: self.count("upstream.max_in_flight", raw.max_in_flight, 1, 1024),
+            max_rate: raw.max_rate.0,
+            compression: raw.compression,
+            keepalive: self.duration("upstream.keepalive", raw.keepalive, S, HOUR),
+            keepalive_timeout: self.duration("upstream.keepalive_timeout", raw.keepalive_timeout, S, HOUR),
+            ack_timeout: self.duration("upstream.ack_timeout", raw.ack_timeout, S, HOUR),
+            reconnect_min,
+            reconnect_max: self.duration(
+                "upstream.reconnect_max",
+                raw.reconnect_max,
+                reconnect_min,
+                24 * HOUR,
+            ),
         }
     }
 

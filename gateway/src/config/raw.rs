@@ -23,6 +23,80 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub(crate) modbus: RawModbus,
     pub(crate) lorawan: Option<super::lorawan::RawLorawan>,
+    pub(crate) upstream: Option<RawUpstream>,
+}
+
+/// `[upstream]`: forward closed rollup windows to a collector.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawUpstream {
+    /// `http://host:port` or `https://host:port`.
+    pub(crate) endpoint: String,
+    pub(crate) token: Option<SecretSpec>,
+    /// Window sizes to forward (each one of store.windows); default: all but the finest.
+    #[serde(default)]
+    pub(crate) windows: Vec<HumanDuration>,
+    /// Disk the outbox may use before its oldest batches are dropped (and reported as a gap).
+    #[serde(default = "default_upstream_max_disk")]
+    pub(crate) max_disk: ByteSize,
+    #[serde(default = "default_batch_rows")]
+    pub(crate) batch_rows: usize,
+    #[serde(default = "default_in_flight")]
+    pub(crate) max_in_flight: usize,
+    /// Bytes a second at most; 0: no cap.
+    #[serde(default = "default_zero_size")]
+    pub(crate) max_rate: ByteSize,
+    #[serde(default = "yes")]
+    pub(crate) compression: bool,
+    #[serde(default = "default_keepalive")]
+    pub(crate) keepalive: HumanDuration,
+    #[serde(default = "default_keepalive_timeout")]
+    pub(crate) keepalive_timeout: HumanDuration,
+    #[serde(default = "default_ack_timeout")]
+    pub(crate) ack_timeout: HumanDuration,
+    #[serde(default = "default_upstream_reconnect_min")]
+    pub(crate) reconnect_min: HumanDuration,
+    #[serde(default = "default_upstream_reconnect_max")]
+    pub(crate) reconnect_max: HumanDuration,
+    pub(crate) tls: Option<RawUpstreamTls>,
+}
+
+/// `[upstream.tls]`: PEM files, relative to the config file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawUpstreamTls {
+    pub(crate) ca_file: PathBuf,
+    pub(crate) cert_file: Option<PathBuf>,
+    pub(crate) key_file: Option<PathBuf>,
+    pub(crate) domain: Option<String>,
+}
+
+fn default_upstream_max_disk() -> ByteSize {
+    ByteSize(1 << 30)
+}
+fn default_batch_rows() -> usize {
+    fieldgate_store::outbox::DEFAULT_BATCH_ROWS
+}
+fn default_in_flight() -> usize {
+    8
+}
+fn default_zero_size() -> ByteSize {
+    ByteSize(0)
+}
+fn default_keepalive() -> HumanDuration {
+    HumanDuration(Duration::from_secs(20))
+}
+fn default_keepalive_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
+}
+fn default_ack_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(60))
+}
+fn default_upstream_reconnect_min() -> HumanDuration {
+    HumanDuration(Duration::from_secs(1))
+}
+fn default_upstream_reconnect_max() -> HumanDuration {
+    HumanDuration(Duration::from_secs(60))
 }
 
 /// `[modbus]`: devices polled over Modbus TCP, RTU, or RTU over TCP.

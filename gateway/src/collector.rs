@@ -1,0 +1,521 @@
+//! The collector: the reference upstream for a fleet of gateways (`fieldgate collector`).
+//!
+//! Each gateway holds one `UpstreamService/Forward` stream. The collector speaks first with a
+//! Welcome naming every sequence number it already holds for that gateway's outbox, then
+//! stores each batch durably and acknowledges it. A batch it already holds (the gateway did not
+//! get the ack before its link or process died) is acknowledged again and not stored twice:
+//! deduplication is by (gateway, outbox, sequence number).
+//!
+//! Where batches land is behind [`BatchSink`]; [`ParquetSink`] writes local Parquet that
+//! DuckDB, polars or pandas read with hive partitioning:
+//!
+//! ```text
+//! DIR/rollups/gateway=<id>/window=1m/date=2026-11-24/batch-<outbox>-<seq>.parquet
+//! DIR/gaps/gateway=<id>/gap-<outbox>-<seq>.json        what a gateway had to drop, and why
+//! DIR/ledger/<id>/<outbox>.seqs                        sequence numbers stored (the truth)
+//! ```
+//! A batch's files are written (fsync'd, renamed) before its number enters the ledger, and the
+//! ledger is fsync'd before the ack. A crash in between leaves files of a batch not in the
+//! ledger: the gateway sends it again and the same file names are written again, so nothing is
+//! counted twice.
+
+use fieldgate_proto::v1::upstream_message::Kind as UpKind;
+use fieldgate_proto::v1::upstream_service_server::{UpstreamService, UpstreamServiceServer};
+use fieldgate_proto::v1::{
+    Ack, Batch, CollectorMessage, Gap, SeqRange, UpstreamMessage, Welcome, batch, collector_message,
+};
+use fieldgate_store::{files, layout};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+/// Metadata key naming the gateway of a Forward stream.
+pub const GATEWAY_HEADER: &str = "x-fieldgate-gateway";
+
+/// Which outbox of which gateway a batch comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Origin {
+    pub gateway: String,
+    pub outbox: String,
+}
+
+/// Where the fleet's batches are stored. Implementations make a batch durable before
+/// [`BatchSink::write`] returns; the collector acknowledges only then.
+pub trait BatchSink: Send + Sync + 'static {
+    /// The sequence numbers stored for `origin`, as sorted, disjoint ranges.
+    fn stored(&self, origin: &Origin) -> io::Result<Vec<SeqRange>>;
+    /// Store `batch` durably. Called one batch at a time per origin; a batch whose earlier
+    /// write did not complete may come again and must then replace what that write left.
+    fn write(&self, origin: &Origin, batch: &Batch) -> io::Result<()>;
+}
+
+/// Sorted sequence numbers as inclusive ranges.
+pub fn ranges(seqs: impl IntoIterator<Item = u64>) -> Vec<SeqRange> {
+    let mut out: Vec<SeqRange> = Vec::new();
+    for s in seqs {
+        match out.last_mut() {
+            Some(r) if r.last + 1 == s => r.last = s,
+            Some(r) if r.last >= s => {}
+            _ => out.push(SeqRange { first: s, last: s }),
+        }
+    }
+    out
+}
+
+/// The Welcome for what is stored: everything from 1 as `acked_through`, the rest beyond it.
+pub fn welcome(stored: &[SeqRange]) -> Welcome {
+    match stored.first() {
+        Some(r) if r.first <= 1 => Welcome { acked_through: r.last, acked_beyond: stored[1..].to_vec() },
+        _ => Welcome { acked_through: 0, acked_beyond: stored.to_vec() },
+    }
+}
+
+/// Names a gateway or outbox may have in paths: what a device id allows.
+fn check_name(what: &str, name: &str) -> Result<(), Status> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && !name.starts_with('.');
+    if ok { Ok(()) } else { Err(Status::invalid_argument(format!("{what} {name:?} is not a valid name"))) }
+}
+
+/// Local Parquet, one file per batch and day, plus a ledger per outbox.
+pub struct ParquetSink {
+    root: PathBuf,
+    row_group_rows: usize,
+    ledgers: Mutex<HashMap<Origin, Ledger>>,
+}
+
+impl std::fmt::Debug for ParquetSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ParquetSink").field("root", &self.root).finish_non_exhaustive()
+    }
+}
+
+/// An append-only file of stored sequence numbers, each with its CRC.
+struct Ledger {
+    file: std::fs::File,
+    seqs: BTreeSet<u64>,
+}
+
+const LEDGER_RECORD: usize = 12;
+
+impl ParquetSink {
+    pub fn new(root: impl Into<PathBuf>) -> ParquetSink {
+        ParquetSink { root: root.into(), row_group_rows: 64 * 1024, ledgers: Mutex::new(HashMap::new()) }
+    }
+
+    fn ledger_path(&self, origin: &Origin) -> PathBuf {
+        self.root.join("ledger").join(&origin.gateway).join(format!("{}.seqs", origin.outbox))
+    }
+
+    /// Open (or create) the ledger of `origin`. A torn last record is cut off.
+    fn open_ledger(&self, origin: &Origin) -> io::Result<Ledger> {
+        let path = self.ledger_path(origin);
+        let dir = path.parent().unwrap_or(&self.root);
+        std::fs::create_dir_all(dir)?;
+        let mut file = std::fs::OpenOptions::new().read(true).append(true).create(true).open(&path)?;
+        let mut buf = Vec::new();
+        file.read_to_end(&mut buf)?;
+        let mut seqs = BTreeSet::new();
+        let mut good = 0;
+        for rec in buf.chunks_exact(LEDGER_RECORD) {
+            let seq = u64::from_le_bytes(rec[..8].try_into().unwrap_or_default());
+            let crc = u32::from_le_bytes(rec[8..].try_into().unwrap_or_default());
+            if crc32fast::hash(&rec[..8]) != crc {
+                break;
+            }
+            seqs.insert(seq);
+            good += LEDGER_RECORD;
+        }
+        if good < buf.len() {
+            tracing::warn!(ledger = %path.display(), cut = buf.len() - good, "ledger tail torn; cut (those batches are sent again)");
+            file.set_len(good as u64)?;
+            file.sync_all()?;
+        }
+        fieldgate_store::wal::sync_dir(dir)?;
+        Ok(Ledger { file, seqs })
+    }
+
+    fn with_ledger<T>(&self, origin: &Origin, f: impl FnOnce(&mut Ledger) -> io::Result<T>) -> io::Result<T> {
+        let mut ledgers = self.ledgers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !ledgers.contains_key(origin) {
+            let l = self.open_ledger(origin)?;
+            ledgers.insert(origin.clone(), l);
+        }
+        f(ledgers.get_mut(origin).expect("inserted above"))
+    }
+
+    fn write_rollups(
+        &self,
+        origin: &Origin,
+        seq: u64,
+        c: &fieldgate_proto::v1::RollupColumns,
+    ) -> io::Result<()> {
+        let rows = fieldgate_store::outbox::decode_rollups(c)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+        let mut by_date: BTreeMap<String, Vec<fieldgate_store::Rollup>> = BTreeMap::new();
+        for r in rows {
+            by_date.entry(fieldgate_proto::Timestamp::from_nanos(r.start).date_string()).or_default().push(r);
+        }
+        for (date, mut rows) in by_date {
+            let path = self
+                .root
+                .join("rollups")
+                .join(format!("gateway={}", origin.gateway))
+                .join(format!("window={}", layout::window_label(c.window_ns)))
+                .join(format!("date={date}"))
+                .join(format!("batch-{}-{seq:020}.parquet", origin.outbox));
+            files::write_fleet_rollups(&path, &origin.gateway, &mut rows, seq, self.row_group_rows)?;
+        }
+        Ok(())
+    }
+
+    fn write_gap(&self, origin: &Origin, seq: u64, gap: &Gap) -> io::Result<()> {
+        let dir = self.root.join("gaps").join(format!("gateway={}", origin.gateway));
+        std::fs::create_dir_all(&dir)?;
+        let dropped = gap.dropped.unwrap_or_default();
+        let record = serde_json::json!({
+            "gateway": origin.gateway,
+            "outbox": origin.outbox,
+            "seq": seq,
+            "dropped_first": dropped.first,
+            "dropped_last": dropped.last,
+            "from": fieldgate_proto::Timestamp::from_nanos(gap.from_ns).to_string(),
+            "to": fieldgate_proto::Timestamp::from_nanos(gap.to_ns).to_string(),
+            "rows": gap.rows,
+            "reason": gap.reason,
+        });
+        let name = format!("gap-{}-{seq:020}.json", origin.outbox);
+        let tmp = dir.join(format!("{name}.tmp"));
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(format!("{record}\n").as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, dir.join(name))?;
+        fieldgate_store::wal::sync_dir(&dir)
+    }
+}
+
+impl BatchSink for ParquetSink {
+    fn stored(&self, origin: &Origin) -> io::Result<Vec<SeqRange>> {
+        self.with_ledger(origin, |l| Ok(ranges(l.seqs.iter().copied())))
+    }
+
+    fn write(&self, origin: &Origin, b: &Batch) -> io::Result<()> {
+        match &b.body {
+            Some(batch::Body::Rollups(c)) => self.write_rollups(origin, b.seq, c)?,
+            Some(batch::Body::Gap(g)) => self.write_gap(origin, b.seq, g)?,
+            None => return Err(io::Error::new(io::ErrorKind::InvalidData, "a batch without a body")),
+        }
+        self.with_ledger(origin, |l| {
+            if l.seqs.contains(&b.seq) {
+                return Ok(());
+            }
+            let mut rec = [0u8; LEDGER_RECORD];
+            rec[..8].copy_from_slice(&b.seq.to_le_bytes());
+            let crc = crc32fast::hash(&rec[..8]);
+            rec[8..].copy_from_slice(&crc.to_le_bytes());
+            l.file.write_all(&rec)?;
+            l.file.sync_data()?;
+            l.seqs.insert(b.seq);
+            Ok(())
+        })
+    }
+}
+
+/// The UpstreamService of the collector.
+pub struct Collector {
+    sink: Arc<dyn BatchSink>,
+    /// Per gateway, the token it must present (`None`: no tokens required).
+    tokens: Option<Arc<HashMap<String, Vec<u8>>>>,
+    /// Origins with an open stream: a second stream for the same outbox is refused until the
+    /// first ends, so batches of one outbox are stored one at a time.
+    open: Arc<Mutex<BTreeSet<Origin>>>,
+}
+
+impl Collector {
+    pub fn new(sink: Arc<dyn BatchSink>, tokens: Option<HashMap<String, Vec<u8>>>) -> Collector {
+        Collector { sink, tokens: tokens.map(Arc::new), open: Arc::default() }
+    }
+
+    /// The tonic service, accepting gzip-compressed streams.
+    pub fn into_service(self) -> UpstreamServiceServer<Collector> {
+        UpstreamServiceServer::new(self)
+            .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
+            .send_compressed(tonic::codec::CompressionEncoding::Gzip)
+            .max_decoding_message_size(64 << 20)
+    }
+
+    fn authorize(&self, gateway: &str, request: &Request<Streaming<UpstreamMessage>>) -> Result<(), Status> {
+        let Some(tokens) = &self.tokens else { return Ok(()) };
+        let given = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::as_bytes)
+            .ok_or_else(|| Status::unauthenticated("the collector needs `authorization: Bearer <token>`"))?;
+        match tokens.get(gateway) {
+            Some(expected) if crate::grpc::constant_time_eq(given, expected) => Ok(()),
+            _ => Err(Status::unauthenticated(format!("the token is not valid for gateway {gateway:?}"))),
+        }
+    }
+}
+
+impl std::fmt::Debug for Collector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Collector")
+            .field("tokens", &self.tokens.as_ref().map(|t| t.len()))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Removes an origin from the open set when its stream ends.
+struct OpenGuard(Arc<Mutex<BTreeSet<Origin>>>, Origin);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&self.1);
+    }
+}
+
+fn message(kind: collector_message::Kind) -> CollectorMessage {
+    CollectorMessage { kind: Some(kind) }
+}
+
+#[tonic::async_trait]
+impl UpstreamService for Collector {
+    type ForwardStream = ReceiverStream<Result<CollectorMessage, Status>>;
+
+    async fn forward(
+        &self,
+        request: Request<Streaming<UpstreamMessage>>,
+    ) -> Result<Response<Self::ForwardStream>, Status> {
+        let gateway = request
+            .metadata()
+            .get(GATEWAY_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| Status::invalid_argument(format!("a Forward stream needs `{GATEWAY_HEADER}`")))?
+            .to_owned();
+        check_name("gateway", &gateway)?;
+        self.authorize(&gateway, &request)?;
+        let mut inbound = request.into_inner();
+        let hello = match inbound.message().await? {
+            Some(UpstreamMessage { kind: Some(UpKind::Hello(h)) }) => h,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message of a Forward stream must be a Hello",
+                ));
+            }
+        };
+        if hello.gateway_id != gateway {
+            return Err(Status::invalid_argument(format!(
+                "the Hello names gateway {:?} but the stream is for {gateway:?}",
+                hello.gateway_id
+            )));
+        }
+        check_name("outbox", &hello.outbox_id)?;
+        let origin = Origin { gateway, outbox: hello.outbox_id };
+        if !self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(origin.clone()) {
+            return Err(Status::unavailable(format!(
+                "gateway {:?} already has a stream open; try again when it ends",
+                origin.gateway
+            )));
+        }
+        let guard = OpenGuard(Arc::clone(&self.open), origin.clone());
+        let sink = Arc::clone(&self.sink);
+        let stored = {
+            let (sink, origin) = (Arc::clone(&sink), origin.clone());
+            tokio::task::spawn_blocking(move || sink.stored(&origin))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(|e| Status::unavailable(format!("the collector cannot read its ledger: {e}")))?
+        };
+        tracing::info!(gateway = %origin.gateway, outbox = %origin.outbox, version = %hello.software_version, stored = ?stored.last().map(|r| r.last), "gateway connected");
+        let (tx, rx) = mpsc::channel(256);
+        tx.send(Ok(message(collector_message::Kind::Welcome(welcome(&stored)))))
+            .await
+            .map_err(|_| Status::cancelled("the gateway went away"))?;
+        let mut have: BTreeSet<u64> = stored.iter().flat_map(|r| r.first..=r.last).collect();
+        tokio::spawn(async move {
+            let _open = guard;
+            loop {
+                let batch = match inbound.message().await {
+                    Ok(Some(UpstreamMessage { kind: Some(UpKind::Batch(b)) })) => b,
+                    Ok(Some(_)) => {
+                        let _ =
+                            tx.send(Err(Status::invalid_argument("only batches may follow the Hello"))).await;
+                        break;
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::info!(gateway = %origin.gateway, error = %e, "stream from the gateway ended");
+                        break;
+                    }
+                };
+                let seq = batch.seq;
+                if !have.contains(&seq) {
+                    let (sink, o) = (Arc::clone(&sink), origin.clone());
+                    let written = tokio::task::spawn_blocking(move || sink.write(&o, &batch)).await;
+                    match written {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            tracing::error!(gateway = %origin.gateway, seq, error = %e, "cannot store a batch; the gateway keeps it and sends it again");
+                            let status = if e.kind() == io::ErrorKind::InvalidData {
+                                Status::invalid_argument(format!("batch {seq}: {e}"))
+                            } else {
+                                Status::unavailable(format!("batch {seq} not stored: {e}"))
+                            };
+                            let _ = tx.send(Err(status)).await;
+                            break;
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(Status::internal(e.to_string()))).await;
+                            break;
+                        }
+                    }
+                    have.insert(seq);
+                }
+                let ack = Ack { ranges: vec![SeqRange { first: seq, last: seq }] };
+                if tx.send(Ok(message(collector_message::Kind::Ack(ack)))).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Parse a tokens file: `<gateway-id> <token>` per line; blank lines and `#` comments skipped.
+pub fn parse_tokens(text: &str) -> Result<HashMap<String, Vec<u8>>, String> {
+    let mut out = HashMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (gateway, token) = line
+            .split_once(char::is_whitespace)
+            .map(|(g, t)| (g.trim(), t.trim()))
+            .filter(|(_, t)| !t.is_empty())
+            .ok_or_else(|| format!("line {}: expected `<gateway-id> <token>`", i + 1))?;
+        check_name("gateway", gateway).map_err(|e| format!("line {}: {}", i + 1, e.message()))?;
+        if out.insert(gateway.to_owned(), token.as_bytes().to_vec()).is_some() {
+            return Err(format!("line {}: gateway {gateway:?} is listed twice", i + 1));
+        }
+    }
+    Ok(out)
+}
+
+/// Serve the collector on `listener` until `shutdown`: UpstreamService and gRPC health.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    sink: Arc<dyn BatchSink>,
+    tokens: Option<HashMap<String, Vec<u8>>>,
+    tls: Option<crate::config::GrpcTls>,
+    data_dir: &Path,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    let addr = listener.local_addr()?;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_service_status("", tonic_health::ServingStatus::Serving).await;
+    health.set_service_status("fieldgate.v1.UpstreamService", tonic_health::ServingStatus::Serving).await;
+    let mut builder = tonic::transport::Server::builder()
+        // A gateway whose link died silently is noticed, and its outbox's slot freed.
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)));
+    let secure = tls.is_some();
+    if let Some(tls) = tls {
+        use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+        let mut config = ServerTlsConfig::new()
+            .identity(Identity::from_pem(&tls.cert, &tls.key))
+            .timeout(crate::grpc::TLS_HANDSHAKE_TIMEOUT);
+        if let Some(ca) = &tls.client_ca {
+            config = config.client_ca_root(Certificate::from_pem(ca));
+        }
+        builder = builder.tls_config(config)?;
+    }
+    tracing::info!(%addr, data_dir = %data_dir.display(), tls = secure, tokens = tokens.is_some(), "collector listening");
+    let server = builder
+        .add_service(health_service)
+        .add_service(Collector::new(sink, tokens).into_service())
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown.clone().cancelled_owned(),
+        );
+    // Gateways hold their streams open for good: a graceful stop gives them a moment, then
+    // drops them. A batch being written finishes; one not yet acknowledged is sent again.
+    tokio::select! {
+        served = server => served?,
+        () = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        } => tracing::info!("gateways still connected at shutdown were dropped"),
+    }
+    tracing::info!("collector stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_files_name_each_gateway_once() {
+        let t = parse_tokens("# fleet\ngw-1 s3cret\n\ngw-2   other token\n").unwrap();
+        assert_eq!(t["gw-1"], b"s3cret");
+        assert_eq!(t["gw-2"], b"other token");
+        assert!(parse_tokens("gw-1\n").unwrap_err().starts_with("line 1"));
+        assert!(parse_tokens("gw-1 a\ngw-1 b\n").unwrap_err().contains("twice"));
+        assert!(parse_tokens("../x a\n").is_err());
+    }
+
+    #[test]
+    fn stored_numbers_become_a_welcome() {
+        let r = ranges([1, 2, 3, 5, 7, 8]);
+        assert_eq!(
+            r,
+            vec![
+                SeqRange { first: 1, last: 3 },
+                SeqRange { first: 5, last: 5 },
+                SeqRange { first: 7, last: 8 }
+            ]
+        );
+        let w = welcome(&r);
+        assert_eq!(w.acked_through, 3);
+        assert_eq!(w.acked_beyond.len(), 2);
+        let w = welcome(&ranges([4, 5]));
+        assert_eq!((w.acked_through, w.acked_beyond.len()), (0, 1));
+        assert_eq!(welcome(&[]).acked_through, 0);
+    }
+
+    #[test]
+    fn the_ledger_survives_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let origin = Origin { gateway: "gw-1".into(), outbox: "abc".into() };
+        let sink = ParquetSink::new(dir.path());
+        let gap = |seq| Batch {
+            seq,
+            body: Some(batch::Body::Gap(Gap { rows: 3, reason: "test".into(), ..Gap::default() })),
+        };
+        for seq in [1, 2, 4] {
+            sink.write(&origin, &gap(seq)).unwrap();
+        }
+        sink.write(&origin, &gap(2)).unwrap();
+        assert_eq!(sink.stored(&origin).unwrap(), ranges([1, 2, 4]));
+        drop(sink);
+        // Half a record at the end, as a power cut mid-append leaves it.
+        let path = dir.path().join("ledger/gw-1/abc.seqs");
+        let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(&[9, 0, 0]).unwrap();
+        let sink = ParquetSink::new(dir.path());
+        assert_eq!(sink.stored(&origin).unwrap(), ranges([1, 2, 4]));
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 3 * LEDGER_RECORD as u64);
+        let gaps = std::fs::read_dir(dir.path().join("gaps/gateway=gw-1")).unwrap().count();
+        assert_eq!(gaps, 3);
+    }
+}

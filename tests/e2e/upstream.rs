@@ -1,0 +1,316 @@
+//! Upstream forwarding against a real collector process (`fieldgate collector`) on loopback:
+//! every closed window the gateway stores reaches the collector exactly once, whether the
+//! collector is down for a while or killed mid-stream.
+
+use fieldgate::config::Config;
+use fieldgate_proto::{DeviceId, Metric, Quality, Reading, Source, Timestamp};
+use fieldgate_tests::{
+    GatewayProcess, fleet_rollup_rows, free_port, metric, rollup_rows, wait_metric, write_config,
+};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const S: i64 = 1_000_000_000;
+/// 2026-10-01T00:00:00Z: readings are stamped in the past; windows close by their own clock.
+const BASE: i64 = 1_790_812_800 * S;
+const SERIES: u64 = 12;
+
+/// Reading `j`: series `j % 12`, 1 s apart per series, value `j`.
+fn reading(j: u64) -> Reading {
+    Reading {
+        device: DeviceId::new(&format!("silo-{}", j % SERIES / 3)).unwrap(),
+        metric: Metric::new(&format!("m{}", j % 3)).unwrap(),
+        ts: Timestamp::from_nanos(BASE + (j / SERIES) as i64 * S),
+        value: (j % 97) as f64,
+        quality: Quality::Good,
+        source: Source::Mqtt,
+    }
+}
+
+fn config(dir: &Path, collector: SocketAddr, extra: &str) -> Config {
+    let path = write_config(
+        dir,
+        &format!(
+            "\n[store]\nwindows = [\"10s\", \"1m\"]\nallowed_lateness = \"0s\"\n\n[upstream]\nendpoint = \"http://{collector}\"\nwindows = [\"10s\", \"1m\"]\nbatch_rows = 40\nreconnect_min = \"20ms\"\nreconnect_max = \"200ms\"\n{extra}"
+        ),
+    );
+    let mut config = Config::load(&path).unwrap();
+    // Flushes often (below what the config file allows), so batches flow while the test runs.
+    config.store.flush_interval = Duration::from_millis(50);
+    config
+}
+
+fn collector(dir: &Path, addr: SocketAddr) -> GatewayProcess {
+    let dir = dir.to_str().unwrap();
+    let mut c = GatewayProcess::spawn(&["collector", "--listen", &addr.to_string(), "--data-dir", dir]);
+    c.wait_for("collector listening");
+    c
+}
+
+/// Submit readings `from..to` in batches of 24, each acknowledged by the store.
+async fn submit(running: &fieldgate::Running, from: u64, to: u64) -> u64 {
+    let sink = running.sink();
+    let mut seq = 0;
+    for start in (from..to).step_by(24) {
+        let batch: Vec<Reading> = (start..(start + 24).min(to)).map(reading).collect();
+        seq = sink.submit(batch, Timestamp::now()).await.unwrap().await.unwrap().seq;
+    }
+    seq
+}
+
+/// Wait until the gauge `name` reads exactly `value` (polling the gateway's own metric with a
+/// deadline: the metric is the event).
+fn wait_gauge(addr: SocketAddr, name: &str, value: f64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let v = metric(addr, name);
+        if v == Some(value) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{name} stayed at {v:?}, not {value}");
+        std::thread::park_timeout(Duration::from_millis(20));
+    }
+}
+
+/// A rollup row as the tests compare it: (device, metric, window_start, count, sum).
+type Row = (String, String, i64, u64, f64);
+
+/// Rows only on one side, each side's extras listed (for a readable failure).
+fn differences(ours: &[Row], theirs: &[Row]) -> String {
+    let count = |rows: &[Row]| {
+        let mut m = std::collections::BTreeMap::new();
+        for r in rows {
+            *m.entry(format!("{r:?}")).or_insert(0i64) += 1;
+        }
+        m
+    };
+    let (a, b) = (count(ours), count(theirs));
+    let mut out = String::new();
+    for (k, n) in &a {
+        let m = b.get(k).copied().unwrap_or(0);
+        if m != *n {
+            out.push_str(&format!("gateway {n} x, collector {m} x: {k}\n"));
+        }
+    }
+    for (k, m) in &b {
+        if !a.contains_key(k) {
+            out.push_str(&format!("gateway 0 x, collector {m} x: {k}\n"));
+        }
+    }
+    out
+}
+
+/// The gateway's rows and the collector's rows of both window sizes, each sorted.
+fn both_sides(data: &Path, collector_dir: &Path) -> Vec<(Vec<Row>, Vec<Row>)> {
+    ["10s", "1m"]
+        .into_iter()
+        .map(|w| {
+            let mut ours = rollup_rows(data, w);
+            let mut theirs = fleet_rollup_rows(collector_dir, "test-gw", w);
+            ours.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            theirs.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            (ours, theirs)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_window_reaches_a_collector_that_was_down_and_then_killed_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let collector_dir = dir.path().join("collector");
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = fieldgate::start(config(dir.path(), addr, ""), shutdown.clone()).await.unwrap();
+    let http = running.http_addr;
+
+    // The collector is not there yet: batches wait in the outbox, the link is retried.
+    submit(&running, 0, 3000).await;
+    wait_metric(http, "fieldgate_upstream_disconnects_total{reason=\"connect\"}", 2.0);
+    wait_metric(http, "fieldgate_store_outbox_batches", 3.0);
+    let health = fieldgate_tests::wait_health(http, "upstream", "degraded");
+    assert_eq!(health["healthy"], true, "a missing collector does not make the gateway unhealthy: {health}");
+
+    // It comes up: the backlog drains.
+    let mut c = collector(&collector_dir, addr);
+    c.wait_for("gateway connected");
+    wait_metric(http, "fieldgate_upstream_connected", 1.0);
+    let acked = wait_metric(http, "fieldgate_upstream_batches_acked_total", 3.0);
+
+    // Killed mid-stream, while more arrives; then back.
+    submit(&running, 3000, 4500).await;
+    c.signal(nix::sys::signal::Signal::SIGKILL);
+    c.wait_exit();
+    submit(&running, 4500, 6000).await;
+    let mut c = collector(&collector_dir, addr);
+    c.wait_for("gateway connected");
+
+    // Close every window, and wait for the last flush to be forwarded and acknowledged.
+    let mut closer = reading(0);
+    closer.ts = Timestamp::from_nanos(BASE + 86_400 * S);
+    let last: Vec<Reading> = (0..SERIES).map(|j| Reading { ts: closer.ts, ..reading(j) }).collect();
+    let seq = running.sink().submit(last, Timestamp::now()).await.unwrap().await.unwrap().seq;
+    running.checkpointed().wait_for(|&s| s >= seq).await.unwrap();
+    wait_gauge(http, "fieldgate_store_outbox_batches", 0.0);
+    assert!(metric(http, "fieldgate_upstream_batches_acked_total").unwrap() > acked);
+
+    let data = dir.path().join("data");
+    for (ours, theirs) in both_sides(&data, &collector_dir) {
+        assert!(ours.len() > 100, "enough windows to mean something: {}", ours.len());
+        let diff = differences(&ours, &theirs);
+        assert!(diff.is_empty(), "the collector must hold exactly the gateway's windows, each once:\n{diff}");
+    }
+    shutdown.cancel();
+    running.wait().await.unwrap();
+    c.stop_cleanly();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_outbox_drops_the_oldest_and_the_collector_learns_exactly_what_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let collector_dir = dir.path().join("collector");
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running =
+        fieldgate::start(config(dir.path(), addr, "max_disk = \"64KiB\"\n"), shutdown.clone()).await.unwrap();
+    let http = running.http_addr;
+
+    // No collector: 20,000 readings make about 2,300 windows, more than 64 KiB of batches.
+    let seq = submit(&running, 0, 20_000).await;
+    let closers: Vec<Reading> =
+        (0..SERIES).map(|j| Reading { ts: Timestamp::from_nanos(BASE + 86_400 * S), ..reading(j) }).collect();
+    let seq = seq.max(running.sink().submit(closers, Timestamp::now()).await.unwrap().await.unwrap().seq);
+    running.checkpointed().wait_for(|&s| s >= seq).await.unwrap();
+    let dropped = wait_metric(http, "fieldgate_store_outbox_dropped_rows_total", 1.0);
+
+    let mut c = collector(&collector_dir, addr);
+    c.wait_for("gateway connected");
+    wait_gauge(http, "fieldgate_store_outbox_batches", 0.0);
+
+    // The gap records say how many rows are missing; with what arrived they make up every row.
+    let mut gap_rows = 0;
+    for e in std::fs::read_dir(collector_dir.join("gaps/gateway=test-gw")).unwrap() {
+        let gap: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(e.unwrap().path()).unwrap()).unwrap();
+        assert!(gap["reason"].as_str().unwrap().contains("reached its cap"), "{gap}");
+        gap_rows += gap["rows"].as_u64().unwrap();
+    }
+    assert_eq!(gap_rows as f64, dropped, "every dropped row is reported");
+    let data = dir.path().join("data");
+    let mut received = 0;
+    for (ours, theirs) in both_sides(&data, &collector_dir) {
+        // What arrived is the newest part of what the gateway stored, each once.
+        let mut seen = std::collections::HashSet::new();
+        for row in &theirs {
+            assert!(seen.insert((row.0.clone(), row.1.clone(), row.2)), "{row:?} twice");
+            assert!(ours.contains(row), "{row:?} is not a row the gateway stored");
+        }
+        received += theirs.len() as u64;
+    }
+    let stored: u64 = both_sides(&data, &collector_dir).iter().map(|(o, _)| o.len() as u64).sum();
+    assert_eq!(received + gap_rows, stored, "received and reported missing make up all {stored} rows");
+    shutdown.cancel();
+    running.wait().await.unwrap();
+    c.stop_cleanly();
+}
+
+/// The child side of the gateway SIGKILL test: a gateway on `FG_UP_DIR` forwarding to
+/// `FG_UP_COLLECTOR`, fed readings from `FG_UP_START` in batches, each ack printed. With
+/// `FG_UP_END` it feeds up to END, closes every window, waits until the outbox is empty,
+/// prints `drained` and stops; without, it feeds until killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_child_process() {
+    let Ok(dir) = std::env::var("FG_UP_DIR") else { return };
+    let var = |name: &str| std::env::var(name).ok().map(|v| v.parse::<u64>().unwrap());
+    let addr: SocketAddr = std::env::var("FG_UP_COLLECTOR").unwrap().parse().unwrap();
+    let (start, end) = (var("FG_UP_START").unwrap(), var("FG_UP_END"));
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = fieldgate::start(config(Path::new(&dir), addr, ""), shutdown.clone()).await.unwrap();
+    let sink = running.sink();
+    let mut j = start;
+    let mut out = std::io::stdout().lock();
+    use std::io::Write;
+    while end.is_none_or(|e| j < e) {
+        let to = (j + 24).min(end.unwrap_or(u64::MAX));
+        let batch: Vec<Reading> = (j..to).map(reading).collect();
+        sink.submit(batch, Timestamp::now()).await.unwrap().await.unwrap();
+        writeln!(out, "acked {}", to - 1).unwrap();
+        out.flush().unwrap();
+        j = to;
+        // A feed at a field's pace, so kills land while batches are on the wire.
+        tokio::task::yield_now().await;
+    }
+    let closers: Vec<Reading> =
+        (0..SERIES).map(|j| Reading { ts: Timestamp::from_nanos(BASE + 86_400 * S), ..reading(j) }).collect();
+    let seq = sink.submit(closers, Timestamp::now()).await.unwrap().await.unwrap().seq;
+    running.checkpointed().wait_for(|&s| s >= seq).await.unwrap();
+    let http = running.http_addr;
+    tokio::task::spawn_blocking(move || wait_gauge(http, "fieldgate_store_outbox_batches", 0.0))
+        .await
+        .unwrap();
+    shutdown.cancel();
+    running.wait().await.unwrap();
+    writeln!(out, "drained").unwrap();
+}
+
+#[test]
+fn a_gateway_killed_mid_stream_forwards_every_window_once() {
+    use rand::{Rng, SeedableRng};
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let collector_dir = dir.path().join("collector");
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut c = collector(&collector_dir, addr);
+    let seed: u64 = rand::rngs::StdRng::from_os_rng().random();
+    let seed = std::env::var("FG_SEED").map_or(seed, |s| s.parse().unwrap());
+    println!("seed {seed} (set FG_SEED to repeat)");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let spawn = |start: u64, end: Option<u64>| {
+        let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+        cmd.args(["--exact", "upstream::upstream_child_process", "--nocapture", "--test-threads", "1"])
+            .env("FG_UP_DIR", dir.path())
+            .env("FG_UP_COLLECTOR", addr.to_string())
+            .env("FG_UP_START", start.to_string())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null());
+        if let Some(e) = end {
+            cmd.env("FG_UP_END", e.to_string());
+        }
+        let mut child = cmd.spawn().unwrap();
+        let lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        (child, lines)
+    };
+    let mut next = 0;
+    let mut furthest = 0;
+    for _ in 0..6 {
+        let (mut child, mut lines) = spawn(next, None);
+        let kill_after = rng.random_range(20..200);
+        let mut acks = 0;
+        for line in lines.by_ref().map_while(Result::ok) {
+            if let Some(n) = line.strip_prefix("acked ") {
+                next = n.parse::<u64>().unwrap() + 1;
+                furthest = furthest.max(next);
+                acks += 1;
+                if acks == kill_after {
+                    break;
+                }
+            }
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    // Readings past the last ack read may have reached the WAL: start the clean run past them.
+    let end = furthest + 24 * 200 + 1000;
+    let (mut child, lines) = spawn(furthest + 24 * 200, Some(end));
+    let drained = lines.map_while(Result::ok).any(|l| l == "drained");
+    assert!(drained, "the last run did not drain its outbox");
+    child.wait().unwrap();
+    let connections = c.log().matches("gateway connected").count();
+    assert!(connections >= 7, "the gateway connected once per run: {connections}");
+    for (ours, theirs) in both_sides(&dir.path().join("data"), &collector_dir) {
+        assert!(ours.len() > 100, "enough windows: {}", ours.len());
+        let diff = differences(&ours, &theirs);
+        assert!(diff.is_empty(), "the collector must hold exactly the gateway's windows, each once:\n{diff}");
+    }
+    c.stop_cleanly();
+}

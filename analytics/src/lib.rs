@@ -8,5 +8,5 @@
 pub mod stats;
 pub mod summary;
 
-pub use stats::{QueryError, StatsAnswer, StatsQuery, StatsRow, source_window, stats};
+pub use stats::{QueryError, Source, StatsAnswer, StatsQuery, StatsRow, source_window, stats};
 pub use summary::{Aggregate, Answer, DeviceActivity, TopQuery, TopRow, activity, top};

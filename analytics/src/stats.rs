@@ -15,6 +15,41 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// Where stored rollups are read from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A gateway's own store: its part files, plus the rows it has not written yet (closed
+    /// since the last flush, or still open), so answers reach up to now.
+    Store { data_dir: PathBuf, reader: StoreReader },
+    /// A collector's files, every gateway's (`rollups/gateway=<id>/window=<size>/date=<day>/`).
+    /// Device ids are taken as unique across the fleet: rows of one device id from two
+    /// gateways are merged (counts, sums, minimums and maximums exactly; first and last from
+    /// the gateway whose files sort later).
+    Fleet { data_dir: PathBuf },
+}
+
+impl Source {
+    /// The window sizes stored, in ns, finest first. A collector's are those of any gateway's
+    /// `window=` directories, looked up each time (gateways add them as they forward).
+    pub fn sizes(&self) -> Vec<i64> {
+        match self {
+            Source::Store { reader, .. } => reader.sizes().to_vec(),
+            Source::Fleet { data_dir } => {
+                let mut sizes = std::collections::BTreeSet::new();
+                for g in std::fs::read_dir(data_dir.join(layout::ROLLUPS)).into_iter().flatten().flatten() {
+                    for w in std::fs::read_dir(g.path()).into_iter().flatten().flatten() {
+                        let name = w.file_name().to_string_lossy().into_owned();
+                        if let Some(ns) = name.strip_prefix("window=").and_then(layout::parse_window_label) {
+                            sizes.insert(ns);
+                        }
+                    }
+                }
+                sizes.into_iter().collect()
+            }
+        }
+    }
+}
+
 /// A stats question.
 #[derive(Debug, Clone)]
 pub struct StatsQuery {
@@ -143,15 +178,17 @@ pub(crate) struct Inputs {
     pub(crate) files: Vec<PathBuf>,
     pub(crate) unwritten: Vec<Rollup>,
     /// Keeps compaction from replacing `files` until the inputs are dropped, after reading.
-    pub(crate) _held: FilesGuard,
+    pub(crate) _held: Option<FilesGuard>,
 }
 
-pub(crate) async fn inputs(
-    data_dir: &Path,
-    reader: &StoreReader,
-    window_ns: i64,
-    q: &StatsQuery,
-) -> Result<Inputs, QueryError> {
+pub(crate) async fn inputs(source: &Source, window_ns: i64, q: &StatsQuery) -> Result<Inputs, QueryError> {
+    let (data_dir, reader) = match source {
+        Source::Store { data_dir, reader } => (data_dir, reader),
+        Source::Fleet { data_dir } => {
+            let files = fleet_files(data_dir, window_ns, q.from, q.to_fixed());
+            return Ok(Inputs { files, unwritten: Vec::new(), _held: None });
+        }
+    };
     fn set<T: Clone + Eq + std::hash::Hash>(v: &[T]) -> Option<HashSet<T>> {
         (!v.is_empty()).then(|| v.iter().cloned().collect())
     }
@@ -164,7 +201,7 @@ pub(crate) async fn inputs(
     let files = files(data_dir, window_ns, q.from, q.to_fixed(), snapshot.files_through);
     let mut unwritten = snapshot.rows;
     unwritten.sort_by(|a, b| (&a.device, &a.metric, a.start).cmp(&(&b.device, &b.metric, b.start)));
-    Ok(Inputs { files, unwritten, _held: held })
+    Ok(Inputs { files, unwritten, _held: Some(held) })
 }
 
 /// Run CPU work (Parquet decoding, group-bys) off the runtime.
@@ -174,12 +211,12 @@ pub(crate) async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(work).await.map_err(|e| QueryError::Failed(e.to_string()))?
 }
 
-/// Answer `q` from the files under `data_dir` and the store's unwritten rows.
-pub async fn stats(data_dir: &Path, reader: &StoreReader, q: &StatsQuery) -> Result<StatsAnswer, QueryError> {
+/// Answer `q` from `source`.
+pub async fn stats(source: &Source, q: &StatsQuery) -> Result<StatsAnswer, QueryError> {
     let now = Timestamp::now();
-    let (window_ns, bucket) = source_window(reader.sizes(), q, now)?;
+    let (window_ns, bucket) = source_window(&source.sizes(), q, now)?;
     let q = q.fixed(now);
-    let inputs = inputs(data_dir, reader, window_ns, &q).await?;
+    let inputs = inputs(source, window_ns, &q).await?;
     blocking(move || compute(&inputs, &q, bucket, window_ns)).await
 }
 
@@ -207,6 +244,33 @@ fn files(data_dir: &Path, window_ns: i64, from: Timestamp, to: Timestamp, throug
     // By day, then by flush: the time order of each series' rows (see `frame`).
     parts.sort();
     parts.into_iter().map(|(_, _, p)| p).collect()
+}
+
+/// A collector's files of `window_ns` for the days `[from, to)` touches, every gateway's, in
+/// the order that keeps each series' rows in time order: by day, gateway, then name (outbox
+/// and sequence number).
+fn fleet_files(data_dir: &Path, window_ns: i64, from: Timestamp, to: Timestamp) -> Vec<PathBuf> {
+    let (first_day, last_day) = (from.date_string(), Timestamp::from_nanos(to.as_nanos() - 1).date_string());
+    let window = format!("window={}", layout::window_label(window_ns));
+    let mut found = Vec::new();
+    for g in std::fs::read_dir(data_dir.join(layout::ROLLUPS)).into_iter().flatten().flatten() {
+        let gateway = g.file_name().to_string_lossy().into_owned();
+        for day in std::fs::read_dir(g.path().join(&window)).into_iter().flatten().flatten() {
+            let name = day.file_name().to_string_lossy().into_owned();
+            let Some(date) = name.strip_prefix("date=") else { continue };
+            if date < first_day.as_str() || date > last_day.as_str() {
+                continue;
+            }
+            for f in std::fs::read_dir(day.path()).into_iter().flatten().flatten() {
+                let file = f.file_name().to_string_lossy().into_owned();
+                if file.ends_with(".parquet") {
+                    found.push((date.to_owned(), gateway.clone(), file, f.path()));
+                }
+            }
+        }
+    }
+    found.sort();
+    found.into_iter().map(|(.., p)| p).collect()
 }
 
 /// The rollup files' schema as read: names as strings, whether a file has them as plain
@@ -331,6 +395,8 @@ pub(crate) fn frame(inputs: &Inputs, q: &StatsQuery) -> PolarsResult<LazyFrame> 
             hive_options: HiveOptions::new_disabled(),
             glob: false,
             cast_columns_policy: cast,
+            // A collector's files carry a `gateway` column too.
+            extra_columns_policy: ExtraColumnsPolicy::Ignore,
             ..UnifiedScanArgs::default()
         };
         let sources = ScanSources::Paths(paths.into_iter().collect());

@@ -3,11 +3,9 @@
 //! was heard in). Both come from the same stored rollups as [`crate::stats`], merged the same
 //! way, so they agree with it to the reading.
 
-use crate::stats::{QueryError, StatsQuery, blocking, collect, frame, inputs, merged, source_window};
+use crate::stats::{QueryError, Source, StatsQuery, blocking, collect, frame, inputs, merged, source_window};
 use fieldgate_proto::{DeviceId, Metric, Timestamp};
-use fieldgate_store::StoreReader;
 use polars::prelude::*;
-use std::path::Path;
 use std::time::Duration;
 
 /// What a device is ranked by, over the whole range.
@@ -91,15 +89,15 @@ fn range(devices: &[DeviceId], metrics: Vec<Metric>, from: Timestamp, to: Option
 
 /// The `n` devices with the largest (or smallest) aggregate of a metric. Ties are broken by
 /// device name, so the answer is the same every time.
-pub async fn top(data_dir: &Path, reader: &StoreReader, q: &TopQuery) -> Result<Answer<TopRow>, QueryError> {
+pub async fn top(source: &Source, q: &TopQuery) -> Result<Answer<TopRow>, QueryError> {
     if q.n == 0 {
         return Err(QueryError::Invalid("`n` must be at least 1".into()));
     }
     let now = Timestamp::now();
     let range = range(&q.devices, vec![q.metric.clone()], q.from, q.to);
-    let (window_ns, _) = source_window(reader.sizes(), &range, now)?;
+    let (window_ns, _) = source_window(&source.sizes(), &range, now)?;
     let range = range.fixed(now);
-    let inputs = inputs(data_dir, reader, window_ns, &range).await?;
+    let inputs = inputs(source, window_ns, &range).await?;
     let q = q.clone();
     let rows = blocking(move || {
         let value = match q.aggregate {
@@ -142,17 +140,16 @@ pub async fn top(data_dir: &Path, reader: &StoreReader, q: &TopQuery) -> Result<
 /// Devices with no reading in the range are not in the answer; the caller knows which devices
 /// exist.
 pub async fn activity(
-    data_dir: &Path,
-    reader: &StoreReader,
+    source: &Source,
     devices: &[DeviceId],
     from: Timestamp,
     to: Option<Timestamp>,
 ) -> Result<Answer<DeviceActivity>, QueryError> {
     let range = range(devices, Vec::new(), from, to);
     let now = Timestamp::now();
-    let (window_ns, _) = source_window(reader.sizes(), &range, now)?;
+    let (window_ns, _) = source_window(&source.sizes(), &range, now)?;
     let range = range.fixed(now);
-    let inputs = inputs(data_dir, reader, window_ns, &range).await?;
+    let inputs = inputs(source, window_ns, &range).await?;
     // The rate is over the part of the range that has passed: a range ending tomorrow does
     // not halve today's rate.
     let minutes = (range.end(now).min(now).as_nanos() - from.as_nanos()).max(1) as f64 / 60e9;

@@ -133,6 +133,8 @@ async fn stats_merge_files_unwritten_and_open_windows_exactly() {
         sink.submit(chunk.to_vec(), Timestamp::now()).await.unwrap().await.unwrap();
     }
     let reader = store.reader();
+    let source =
+        fieldgate_analytics::Source::Store { data_dir: dir.path().to_owned(), reader: reader.clone() };
     let files = fieldgate_store::layout::parts(&fieldgate_store::layout::rollup_dir(dir.path(), 10 * S));
     assert!(!files.is_empty(), "some windows are in files already");
 
@@ -222,7 +224,7 @@ async fn stats_merge_files_unwritten_and_open_windows_exactly() {
             assert_eq!(files.len(), 1);
         }
         for (what, q, w, b) in cases.clone() {
-            let answer = stats(dir.path(), &reader, &q).await.unwrap();
+            let answer = stats(&source, &q).await.unwrap();
             assert_eq!(
                 answer.source_window,
                 Duration::from_secs(w as u64),
@@ -239,12 +241,12 @@ async fn stats_merge_files_unwritten_and_open_windows_exactly() {
         to: Some(at(380)),
         window: None,
     };
-    let last = stats(dir.path(), &reader, &q).await.unwrap();
+    let last = stats(&source, &q).await.unwrap();
     assert!(last.rows.iter().all(|r| r.count > 0) && !last.rows.is_empty(), "{last:?}");
 
     // A range reaching now needs no boundary at its end: nothing is stored after now.
     let open = StatsQuery { devices: vec![], metrics: vec![], from: at(0), to: None, window: None };
-    let answer = stats(dir.path(), &reader, &open).await.unwrap();
+    let answer = stats(&source, &open).await.unwrap();
     assert_eq!(answer.rows.iter().map(|r| r.count).sum::<u64>(), all.len() as u64);
 
     let base = StatsQuery { devices: vec![], metrics: vec![], from: at(0), to: Some(at(60)), window: None };
@@ -256,7 +258,7 @@ async fn stats_merge_files_unwritten_and_open_windows_exactly() {
     ];
     let mut messages = Vec::new();
     for q in refusals {
-        match stats(dir.path(), &reader, &q).await {
+        match stats(&source, &q).await {
             Err(QueryError::Invalid(m)) => messages.push(m),
             other => panic!("expected a refusal, got {other:?}"),
         }
@@ -281,12 +283,12 @@ async fn stats_merge_files_unwritten_and_open_windows_exactly() {
             n: 2,
             ascending,
         };
-        let got = top(dir.path(), &reader, &q).await.unwrap().rows;
+        let got = top(&source, &q).await.unwrap().rows;
         assert_eq!(got, top_reference(&all, &q), "{q:?}");
     }
-    let got = activity(dir.path(), &reader, &[], at(60), Some(at(300))).await.unwrap().rows;
+    let got = activity(&source, &[], at(60), Some(at(300))).await.unwrap().rows;
     assert_eq!(got, activity_reference(&all, at(60), at(300)));
-    let one = activity(dir.path(), &reader, &[bin("bin-1")], at(0), Some(at(360))).await.unwrap().rows;
+    let one = activity(&source, &[bin("bin-1")], at(0), Some(at(360))).await.unwrap().rows;
     assert_eq!(
         one,
         activity_reference(&all, at(0), at(360))
@@ -451,8 +453,9 @@ async fn files_from_before_names_became_plain_strings_are_read_with_the_new_ones
         .collect();
     sink.submit(new, Timestamp::now()).await.unwrap().await.unwrap();
     let reader = store.reader();
+    let source = fieldgate_analytics::Source::Store { data_dir: dir.path().to_owned(), reader };
     let q = StatsQuery { devices: vec![], metrics: vec![], from: at(0), to: Some(at(120)), window: None };
-    let rows = stats(dir.path(), &reader, &q).await.unwrap().rows;
+    let rows = stats(&source, &q).await.unwrap().rows;
     let got: Vec<(&str, u64, f64)> = rows.iter().map(|r| (r.device.as_str(), r.count, r.sum)).collect();
     assert_eq!(got, vec![("new-1", 2, 20.0), ("old-1", 4, 8.0)]);
     drop(sink);

@@ -40,7 +40,7 @@ pub enum Command {
         #[command(subcommand)]
         command: ModbusCommand,
     },
-    /// Ask a running gateway: stats, latest values, devices, the harvest fleet.
+    /// Ask a running gateway (or a collector): stats, latest values, devices, gaps, the harvest fleet.
     Query(crate::query_cli::QueryArgs),
     /// Run a collector: the upstream end that gateways forward their rollups to.
     Collector(CollectorArgs),
@@ -58,6 +58,10 @@ pub struct CollectorArgs {
     /// Required beyond loopback.
     #[arg(long)]
     pub tokens_file: Option<PathBuf>,
+    /// A file holding the token QueryService callers must present (`authorization: Bearer`).
+    /// Required beyond loopback.
+    #[arg(long)]
+    pub query_token_file: Option<PathBuf>,
     /// TLS: the collector's certificate chain and key (PEM).
     #[arg(long, requires = "tls_key_file")]
     pub tls_cert_file: Option<PathBuf>,
@@ -239,9 +243,20 @@ fn collector(args: CollectorArgs) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
-    if tokens.is_none() && !args.listen.ip().is_loopback() {
-        anyhow::bail!(
-            "--listen {}: beyond loopback each gateway needs a token; give --tokens-file",
+    let query_token = match &args.query_token_file {
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let token = text.trim().to_owned();
+            anyhow::ensure!(!token.is_empty(), "{}: the token is empty", path.display());
+            Some(token.into_bytes())
+        }
+        None => None,
+    };
+    if !args.listen.ip().is_loopback() {
+        anyhow::ensure!(
+            tokens.is_some() && query_token.is_some(),
+            "--listen {}: beyond loopback each gateway needs a token and queries need one: give --tokens-file and --query-token-file",
             args.listen
         );
     }
@@ -266,7 +281,7 @@ fn collector(args: CollectorArgs) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let sink = std::sync::Arc::new(crate::collector::ParquetSink::new(&args.data_dir));
-        crate::collector::serve(listener, sink, tokens, tls, &args.data_dir, shutdown).await
+        crate::collector::serve(listener, sink, tokens, query_token, tls, &args.data_dir, shutdown).await
     })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -411,11 +411,14 @@ pub fn parse_tokens(text: &str) -> Result<HashMap<String, Vec<u8>>, String> {
     Ok(out)
 }
 
-/// Serve the collector on `listener` until `shutdown`: UpstreamService and gRPC health.
+/// Serve the collector on `listener` until `shutdown`: UpstreamService, the QueryService over
+/// the fleet's files in `data_dir` (Stats, Top, Summary, Gaps; with `query_token` required
+/// when given), and gRPC health.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     sink: Arc<dyn BatchSink>,
     tokens: Option<HashMap<String, Vec<u8>>>,
+    query_token: Option<Vec<u8>>,
     tls: Option<crate::config::GrpcTls>,
     data_dir: &Path,
     shutdown: tokio_util::sync::CancellationToken,
@@ -440,9 +443,21 @@ pub async fn serve(
         builder = builder.tls_config(config)?;
     }
     tracing::info!(%addr, data_dir = %data_dir.display(), tls = secure, tokens = tokens.is_some(), "collector listening");
+    let queries = crate::query::Queries {
+        stats: fieldgate_analytics::Source::Fleet { data_dir: data_dir.to_owned() },
+        live: None,
+        configured: std::collections::BTreeMap::new(),
+        gaps: crate::query::GapSource::Collector(data_dir.to_owned()),
+    };
+    let auth = crate::grpc::Auth { expected: query_token.map(Arc::new) };
+    let queries =
+        fieldgate_proto::v1::query_service_server::QueryServiceServer::with_interceptor(queries, move |r| {
+            auth.check(r)
+        });
     let server = builder
         .add_service(health_service)
         .add_service(Collector::new(sink, tokens).into_service())
+        .add_service(queries)
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             shutdown.clone().cancelled_owned(),

@@ -62,12 +62,12 @@ fn status(e: CommandError) -> Status {
 
 /// Checks the bearer token of each call.
 #[derive(Clone)]
-struct Auth {
-    expected: Option<Arc<Vec<u8>>>,
+pub(crate) struct Auth {
+    pub(crate) expected: Option<Arc<Vec<u8>>>,
 }
 
 impl Auth {
-    fn check(&self, request: Request<()>) -> Result<Request<()>, Status> {
+    pub(crate) fn check(&self, request: Request<()>) -> Result<Request<()>, Status> {
         let Some(expected) = &self.expected else { return Ok(request) };
         let given = request
             .metadata()

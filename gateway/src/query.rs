@@ -10,11 +10,11 @@ use crate::live::LiveState;
 use fieldgate_analytics::{Aggregate, QueryError, StatsQuery, TopQuery};
 use fieldgate_proto::v1::query_service_server::QueryService;
 use fieldgate_proto::v1::{
-    self, DevicesRequest, DevicesResponse, FleetRequest, FleetResponse, LatestRequest, LatestResponse,
-    StatsRequest, StatsResponse, SummaryRequest, SummaryResponse, TopRequest, TopResponse,
+    self, DevicesRequest, DevicesResponse, FleetRequest, FleetResponse, GapsRequest, GapsResponse,
+    LatestRequest, LatestResponse, StatsRequest, StatsResponse, SummaryRequest, SummaryResponse, TopRequest,
+    TopResponse,
 };
 use fieldgate_proto::{DeviceId, Metric, Source, Timestamp, wire};
-use fieldgate_store::StoreReader;
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -28,14 +28,96 @@ pub const STALE_AFTER: Duration = Duration::from_secs(600);
 /// Devices in a Top answer when the caller does not say.
 pub const DEFAULT_TOP: usize = 10;
 
-/// The query service's view of the gateway.
+/// The query service's view of a gateway, or of a collector's fleet.
 #[derive(Debug, Clone)]
 pub struct Queries {
-    pub data_dir: PathBuf,
-    pub store: StoreReader,
-    pub live: LiveState,
+    /// Where stats come from: the gateway's store, or a collector's files.
+    pub stats: fieldgate_analytics::Source,
+    /// The live state; `None` on a collector, which keeps none (Latest, Devices and Fleet
+    /// are then answered UNIMPLEMENTED, saying so).
+    pub live: Option<LiveState>,
     /// Devices in the config file, with their protocol.
     pub configured: BTreeMap<DeviceId, Source>,
+    pub gaps: GapSource,
+}
+
+/// Where the Gaps RPC looks.
+#[derive(Debug, Clone)]
+pub enum GapSource {
+    /// No upstream is configured: there are none.
+    None,
+    /// A gateway's outbox: gaps not delivered yet.
+    Outbox { gateway: String, outbox: fieldgate_store::SharedOutbox },
+    /// A collector's data directory: gaps received (`gaps/gateway=<id>/*.json`).
+    Collector(PathBuf),
+}
+
+impl GapSource {
+    /// The gaps of `gateways` (empty: all), oldest first per gateway.
+    fn list(&self, gateways: &[String]) -> std::io::Result<Vec<v1::GapRecord>> {
+        let wanted = |g: &str| gateways.is_empty() || gateways.iter().any(|w| w == g);
+        let mut out = Vec::new();
+        match self {
+            GapSource::None => {}
+            GapSource::Outbox { gateway, outbox } if wanted(gateway) => {
+                let outbox = outbox.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                for e in outbox.sendable(u64::MAX).into_iter().filter(|e| e.window_ns == 0) {
+                    if let Some(v1::batch::Body::Gap(g)) = outbox.read(e.seq)?.body {
+                        out.push(gap_record(gateway, &g));
+                    }
+                }
+            }
+            GapSource::Outbox { .. } => {}
+            GapSource::Collector(dir) => {
+                let root = dir.join("gaps");
+                for g in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+                    let name = g.file_name().to_string_lossy().into_owned();
+                    let Some(gateway) = name.strip_prefix("gateway=") else { continue };
+                    if !wanted(gateway) {
+                        continue;
+                    }
+                    let mut files: Vec<_> =
+                        std::fs::read_dir(g.path())?.flatten().map(|e| e.path()).collect();
+                    files.sort();
+                    for f in files.iter().filter(|f| f.extension().is_some_and(|x| x == "json")) {
+                        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(f)?)
+                            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+                        let time = |k: &str| {
+                            v[k].as_str().and_then(|t| Timestamp::parse_rfc3339(t).ok()).map(Into::into)
+                        };
+                        out.push(v1::GapRecord {
+                            gateway: gateway.to_owned(),
+                            first_seq: v["dropped_first"].as_u64().unwrap_or(0),
+                            last_seq: v["dropped_last"].as_u64().unwrap_or(0),
+                            from: time("from"),
+                            to: time("to"),
+                            rows: v["rows"].as_u64().unwrap_or(0),
+                            reason: v["reason"].as_str().unwrap_or_default().to_owned(),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn gap_record(gateway: &str, g: &v1::Gap) -> v1::GapRecord {
+    let dropped = g.dropped.unwrap_or_default();
+    v1::GapRecord {
+        gateway: gateway.to_owned(),
+        first_seq: dropped.first,
+        last_seq: dropped.last,
+        from: Some(Timestamp::from_nanos(g.from_ns).into()),
+        to: Some(Timestamp::from_nanos(g.to_ns).into()),
+        rows: g.rows,
+        reason: g.reason.clone(),
+    }
+}
+
+/// What Latest, Devices and Fleet answer on a collector.
+fn no_live_state() -> Status {
+    Status::unimplemented("a collector keeps no live state: ask the gateway, or use Summary over a range")
 }
 
 fn names<T>(
@@ -112,8 +194,9 @@ impl Queries {
 
     /// Every device the gateway knows: configured or heard from, with what it knows of it.
     fn known(&self) -> BTreeMap<DeviceId, (Option<crate::live::Device>, bool)> {
+        let live = self.live.as_ref().map(LiveState::devices).unwrap_or_default();
         let mut all: BTreeMap<DeviceId, (Option<crate::live::Device>, bool)> =
-            self.live.devices().into_iter().map(|(id, d)| (id, (Some(d), false))).collect();
+            live.into_iter().map(|(id, d)| (id, (Some(d), false))).collect();
         for id in self.configured.keys() {
             all.entry(id.clone()).or_insert((None, false)).1 = true;
         }
@@ -155,8 +238,7 @@ impl QueryService for Queries {
                 .parse()
                 .map_err(|_| Status::invalid_argument("`page_token` is not one this gateway gave"))?
         };
-        let work =
-            async { fieldgate_analytics::stats(&self.data_dir, &self.store, &q).await.map_err(query_status) };
+        let work = async { fieldgate_analytics::stats(&self.stats, &q).await.map_err(query_status) };
         let answer = deadline::within(budget, "the stats query", "", work).await?;
         let total = answer.rows.len();
         let rows = answer
@@ -192,8 +274,9 @@ impl QueryService for Queries {
         let r = request.into_inner();
         let devices: HashSet<DeviceId> = names("devices", &r.devices, wire::device)?.into_iter().collect();
         let metrics: HashSet<Metric> = names("metrics", &r.metrics, wire::metric)?.into_iter().collect();
+        let live = self.live.as_ref().ok_or_else(no_live_state)?;
         let mut values = Vec::new();
-        for (id, d) in self.live.devices() {
+        for (id, d) in live.devices() {
             if !devices.is_empty() && !devices.contains(&id) {
                 continue;
             }
@@ -213,6 +296,9 @@ impl QueryService for Queries {
     }
 
     async fn devices(&self, _request: Request<DevicesRequest>) -> Result<Response<DevicesResponse>, Status> {
+        if self.live.is_none() {
+            return Err(no_live_state());
+        }
         let now = Timestamp::now();
         let devices = self
             .known()
@@ -236,8 +322,7 @@ impl QueryService for Queries {
 
     async fn top(&self, request: Request<TopRequest>) -> Result<Response<TopResponse>, Status> {
         let q = Self::top_query(request.get_ref())?;
-        let work =
-            async { fieldgate_analytics::top(&self.data_dir, &self.store, &q).await.map_err(query_status) };
+        let work = async { fieldgate_analytics::top(&self.stats, &q).await.map_err(query_status) };
         let answer =
             deadline::within(deadline::budget(request.metadata()), "the top query", "", work).await?;
         let rows = answer
@@ -262,9 +347,7 @@ impl QueryService for Queries {
         let (from, to) = range(r.from.as_ref(), r.to.as_ref())?;
         let wanted: Vec<DeviceId> = names("devices", &r.devices, wire::device)?;
         let work = async {
-            fieldgate_analytics::activity(&self.data_dir, &self.store, &wanted, from, to)
-                .await
-                .map_err(query_status)
+            fieldgate_analytics::activity(&self.stats, &wanted, from, to).await.map_err(query_status)
         };
         let answer = deadline::within(budget, "the summary query", "", work).await?;
         let mut activity: BTreeMap<String, fieldgate_analytics::DeviceActivity> =
@@ -303,7 +386,20 @@ impl QueryService for Queries {
         }))
     }
 
+    async fn gaps(&self, request: Request<GapsRequest>) -> Result<Response<GapsResponse>, Status> {
+        let gateways = request.into_inner().gateways;
+        let source = self.gaps.clone();
+        let gaps = tokio::task::spawn_blocking(move || source.list(&gateways))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(format!("cannot read the gaps: {e}")))?;
+        Ok(Response::new(GapsResponse { gaps }))
+    }
+
     async fn fleet(&self, _request: Request<FleetRequest>) -> Result<Response<FleetResponse>, Status> {
+        if self.live.is_none() {
+            return Err(no_live_state());
+        }
         // No harvest coordination runs on this gateway yet: an empty fleet, said so.
         Ok(Response::new(FleetResponse {
             as_of: Some(Timestamp::now().into()),

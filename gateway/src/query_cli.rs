@@ -71,6 +71,13 @@ pub enum QueryCommand {
     },
     /// Configured and discovered devices, their protocol, when they were heard and health.
     Devices,
+    /// Rollups that will never arrive upstream (dropped at the outbox's disk cap): on a
+    /// gateway those not delivered yet, on a collector those it received.
+    Gaps {
+        /// A gateway to include (repeat for more; a collector); all when none is given.
+        #[arg(long = "gateway")]
+        gateways: Vec<String>,
+    },
     /// The devices with the largest (or smallest) value of a metric over a span.
     Top {
         /// The metric to rank by.
@@ -320,6 +327,24 @@ async fn fetch(args: &QueryArgs, token: Option<String>) -> anyhow::Result<Table>
                 "errors",
             ];
             Ok(Table::new(&header, rows))
+        }
+        QueryCommand::Gaps { gateways } => {
+            let request = v1::GapsRequest { gateways: gateways.clone() };
+            let gaps = client.gaps(request).await.map_err(status)?.into_inner().gaps;
+            let rows = gaps
+                .into_iter()
+                .map(|g| {
+                    vec![
+                        g.gateway,
+                        format!("{}-{}", g.first_seq, g.last_seq),
+                        ts(&g.from),
+                        ts(&g.to),
+                        g.rows.to_string(),
+                        g.reason,
+                    ]
+                })
+                .collect();
+            Ok(Table::new(&["gateway", "batches", "from", "to", "rows", "reason"], rows))
         }
         QueryCommand::Top { metric, by, n, ascending, span } => {
             let (from, to) = span.range(Duration::from_secs(60))?;

@@ -161,6 +161,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         ),
     );
     let store_reader = store.reader();
+    let store_outbox = store.outbox();
     if let (Some(settings), Some(outbox), Some(metrics)) =
         (config.upstream.clone(), store.outbox(), upstream_metrics)
     {
@@ -284,11 +285,15 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     if let Some(lora) = &config.lorawan {
         configured.extend(lora.devices.iter().map(|d| (d.device.clone(), fieldgate_proto::Source::Lorawan)));
     }
+    let gaps = match store_outbox {
+        Some(outbox) => crate::query::GapSource::Outbox { gateway: config.gateway.id.clone(), outbox },
+        None => crate::query::GapSource::None,
+    };
     let queries = crate::query::Queries {
-        data_dir: data_dir.clone(),
-        store: store_reader,
-        live: live.clone(),
+        stats: fieldgate_analytics::Source::Store { data_dir: data_dir.clone(), reader: store_reader },
+        live: Some(live.clone()),
         configured,
+        gaps,
     };
     let dispatcher =
         Arc::new(Dispatcher::new(live.clone(), mqtt_commands, modbus_writes, lorawan_commands, metrics));

@@ -4,9 +4,8 @@
 
 use fieldgate_proto::v1;
 use fieldgate_proto::v1::query_service_client::QueryServiceClient;
-use fieldgate_tests::{GatewayProcess, bin, mqtt_publish, write_config};
+use fieldgate_tests::{GatewayProcess, mqtt_publish, query_cli, write_config};
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 
 /// 2026-01-01T00:00:00Z in milliseconds.
 const BASE_MS: i64 = 1_767_225_600_000;
@@ -49,19 +48,6 @@ fn rfc3339(ms: i64) -> String {
 }
 
 /// `fieldgate query --format json stats ...`: (exit ok, stdout, stderr).
-fn cli(grpc: SocketAddr, token: Option<&str>, args: &[&str]) -> (bool, String, String) {
-    let mut command = std::process::Command::new(bin("fieldgate"));
-    command
-        .args(["query", "--grpc", &grpc.to_string(), "--format", "json"])
-        .args(args)
-        .env_remove("FIELDGATE_TOKEN");
-    if let Some(t) = token {
-        command.env("FIELDGATE_TOKEN", t);
-    }
-    let out = command.output().unwrap();
-    (out.status.success(), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
-}
-
 fn check(rows: &[serde_json::Value], want: &BTreeMap<(String, i64), (u64, f64, f64, f64)>, what: &str) {
     assert_eq!(rows.len(), want.len(), "{what}: {rows:#?}");
     for row in rows {
@@ -103,7 +89,7 @@ fn stats_over_grpc_and_the_cli_match_the_readings_sent() {
 
     let (from, to) = (BASE_MS, BASE_MS + 10 * 60_000);
     let span = ["--from", &rfc3339(from), "--to", &rfc3339(to)];
-    let (ok, _, err) = cli(grpc, None, &["stats", span[0], span[1], span[2], span[3]]);
+    let (ok, _, err) = query_cli(grpc, None, &["stats", span[0], span[1], span[2], span[3]]);
     assert!(!ok && err.contains("Unauthenticated"), "no token, no answer: {err}");
 
     for (window, source_ms, bucket_ms) in
@@ -113,14 +99,14 @@ fn stats_over_grpc_and_the_cli_match_the_readings_sent() {
         if !window.is_empty() {
             args.extend(["--window", window]);
         }
-        let (ok, out, err) = cli(grpc, Some(TOKEN), &args);
+        let (ok, out, err) = query_cli(grpc, Some(TOKEN), &args);
         assert!(ok, "{err}");
         let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
         check(&rows, &reference(from, to, source_ms, bucket_ms), &format!("window {window:?}"));
     }
 
     // Top N and the per-device summary, against the same readings.
-    let (ok, out, err) = cli(
+    let (ok, out, err) = query_cli(
         grpc,
         Some(TOKEN),
         &["top", "--metric", "level_pct", "--by", "max", "-n", "2", span[0], span[1], span[2], span[3]],
@@ -147,7 +133,7 @@ fn stats_over_grpc_and_the_cli_match_the_readings_sent() {
         })
         .collect();
     assert_eq!(got, want[..2].to_vec());
-    let (ok, out, err) = cli(grpc, Some(TOKEN), &["summary", span[0], span[1], span[2], span[3]]);
+    let (ok, out, err) = query_cli(grpc, Some(TOKEN), &["summary", span[0], span[1], span[2], span[3]]);
     assert!(ok, "{err}");
     let summary: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
     assert_eq!(summary.len(), 3, "{summary:?}");
@@ -171,7 +157,7 @@ fn stats_over_grpc_and_the_cli_match_the_readings_sent() {
 
     // An independent client (Python grpcio, stubs generated from the proto files) gets the
     // same numbers as the CLI, in pages of seven; without the token it is refused.
-    let (ok, out, err) = cli(
+    let (ok, out, err) = query_cli(
         grpc,
         Some(TOKEN),
         &["stats", "--metric", "level_pct", span[0], span[1], span[2], span[3], "--window", "1m"],
@@ -342,7 +328,7 @@ fn over_mutual_tls_a_client_without_the_right_certificate_is_refused() {
         }
         args.extend(["latest".into(), "--device".into(), "silo-1".into()]);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        cli(grpc, Some(TOKEN), &args)
+        query_cli(grpc, Some(TOKEN), &args)
     };
     // The right client certificate: answered, over TLS.
     let (ok, out, err) = query(Some((&path(&pki.client_cert), &path(&pki.client_key))), &path(&pki.ca));
@@ -354,7 +340,7 @@ fn over_mutual_tls_a_client_without_the_right_certificate_is_refused() {
     assert!(!ok, "a stranger's certificate is refused: {err}");
     let (ok, _, err) = query(None, &path(&pki.ca));
     assert!(!ok, "no client certificate is refused: {err}");
-    let (ok, _, err) = cli(grpc, Some(TOKEN), &["latest"]);
+    let (ok, _, err) = query_cli(grpc, Some(TOKEN), &["latest"]);
     assert!(!ok, "plain text is refused: {err}");
     // The client checks the gateway too: a gateway certificate from another CA is refused.
     let (ok, _, err) = query(Some((&path(&pki.client_cert), &path(&pki.client_key))), &path(&pki.other_ca));

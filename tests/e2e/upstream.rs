@@ -1,11 +1,12 @@
 //! Upstream forwarding against a real collector process (`fieldgate collector`) on loopback:
 //! every closed window the gateway stores reaches the collector exactly once, whether the
-//! collector is down for a while or killed mid-stream.
+//! collector is down for a while or killed mid-stream, or the gateway is killed; a full outbox
+//! reports what it dropped; and three gateways' data adds up in the collector's stats.
 
 use fieldgate::config::Config;
 use fieldgate_proto::{DeviceId, Metric, Quality, Reading, Source, Timestamp};
 use fieldgate_tests::{
-    GatewayProcess, fleet_rollup_rows, free_port, metric, rollup_rows, wait_metric, write_config,
+    GatewayProcess, fleet_rollup_rows, free_port, metric, query_cli, rollup_rows, wait_metric, write_config,
 };
 use std::net::SocketAddr;
 use std::path::Path;
@@ -196,6 +197,13 @@ async fn a_full_outbox_drops_the_oldest_and_the_collector_learns_exactly_what_is
         gap_rows += gap["rows"].as_u64().unwrap();
     }
     assert_eq!(gap_rows as f64, dropped, "every dropped row is reported");
+    // And a collector query says so: `fieldgate query gaps`.
+    let (ok, out, err) = query_cli(addr, None, &["gaps"]);
+    assert!(ok, "{err}");
+    let listed: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    assert!(!listed.is_empty() && listed.iter().all(|g| g["gateway"] == "test-gw"), "{out}");
+    let listed_rows: f64 = listed.iter().map(|g| g["rows"].as_f64().unwrap()).sum();
+    assert_eq!(listed_rows, dropped, "{out}");
     let data = dir.path().join("data");
     let mut received = 0;
     for (ours, theirs) in both_sides(&data, &collector_dir) {
@@ -311,6 +319,86 @@ fn a_gateway_killed_mid_stream_forwards_every_window_once() {
         assert!(ours.len() > 100, "enough windows: {}", ours.len());
         let diff = differences(&ours, &theirs);
         assert!(diff.is_empty(), "the collector must hold exactly the gateway's windows, each once:\n{diff}");
+    }
+    c.stop_cleanly();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_gateways_forward_to_one_collector_whose_stats_add_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut c = collector(&dir.path().join("collector"), addr);
+    let mut gateways = Vec::new();
+    for g in 0..3 {
+        let gw_dir = dir.path().join(format!("farm-{g}"));
+        std::fs::create_dir_all(&gw_dir).unwrap();
+        let mut config = config(&gw_dir, addr, "");
+        let id = format!("farm-{g}");
+        config.gateway.id = id.clone();
+        config.upstream.as_mut().unwrap().gateway_id = id;
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let running = fieldgate::start(config, shutdown.clone()).await.unwrap();
+        // Each farm's own silos, a different number of readings each.
+        let sink = running.sink();
+        let mut seq = 0;
+        let n = 1200 + 600 * g as u64;
+        for start in (0..n).step_by(24) {
+            let batch: Vec<Reading> = (start..(start + 24).min(n))
+                .map(|j| Reading {
+                    device: DeviceId::new(&format!("farm{g}-silo-{}", j % SERIES / 3)).unwrap(),
+                    ..reading(j)
+                })
+                .collect();
+            seq = sink.submit(batch, Timestamp::now()).await.unwrap().await.unwrap().seq;
+        }
+        let closers: Vec<Reading> = (0..SERIES)
+            .map(|j| Reading {
+                device: DeviceId::new(&format!("farm{g}-silo-{}", j % SERIES / 3)).unwrap(),
+                ts: Timestamp::from_nanos(BASE + 86_400 * S),
+                ..reading(j)
+            })
+            .collect();
+        seq = seq.max(sink.submit(closers, Timestamp::now()).await.unwrap().await.unwrap().seq);
+        running.checkpointed().wait_for(|&s| s >= seq).await.unwrap();
+        gateways.push((running, shutdown));
+    }
+    for (running, _) in &gateways {
+        wait_gauge(running.http_addr, "fieldgate_store_outbox_batches", 0.0);
+    }
+    c.wait_for("gateway connected");
+
+    // The same question to each gateway and to the collector: 1-minute stats over the first
+    // five minutes (all closed, all forwarded).
+    let from = Timestamp::from_nanos(BASE).to_string();
+    let to = Timestamp::from_nanos(BASE + 300 * S).to_string();
+    let args = ["stats", "--from", &from, "--to", &to, "--window", "1m"];
+    let ask = |grpc: SocketAddr| {
+        let (ok, out, err) = query_cli(grpc, None, &args);
+        assert!(ok, "{err}");
+        let mut rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+        rows.sort_by_key(|r| {
+            (r["device"].to_string(), r["metric"].to_string(), r["window_start"].to_string())
+        });
+        rows
+    };
+    let mut each: Vec<serde_json::Value> = Vec::new();
+    for (running, _) in &gateways {
+        let rows = ask(running.grpc_addr.unwrap());
+        assert!(!rows.is_empty());
+        each.extend(rows);
+    }
+    each.sort_by_key(|r| (r["device"].to_string(), r["metric"].to_string(), r["window_start"].to_string()));
+    let fleet = ask(addr);
+    assert_eq!(fleet.len(), each.len(), "one row per gateway's device, metric and minute");
+    assert_eq!(fleet, each, "the collector's stats are the gateways' own, together");
+    let counted = |rows: &[serde_json::Value]| rows.iter().map(|r| r["count"].as_f64().unwrap()).sum::<f64>();
+    assert_eq!(counted(&fleet), counted(&each));
+    // The collector keeps no live state, and says so.
+    let (ok, _, err) = query_cli(addr, None, &["latest"]);
+    assert!(!ok && err.contains("keeps no live state"), "{err}");
+    for (running, shutdown) in gateways {
+        shutdown.cancel();
+        running.wait().await.unwrap();
     }
     c.stop_cleanly();
 }

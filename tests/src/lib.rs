@@ -168,6 +168,21 @@ impl Drop for GatewayProcess {
     }
 }
 
+/// Run `fieldgate query --grpc <grpc> --format json <args>` with `token` (or none) in
+/// FIELDGATE_TOKEN; returns whether it succeeded, its stdout and its stderr.
+pub fn query_cli(grpc: SocketAddr, token: Option<&str>, args: &[&str]) -> (bool, String, String) {
+    let mut command = Command::new(bin("fieldgate"));
+    command
+        .args(["query", "--grpc", &grpc.to_string(), "--format", "json"])
+        .args(args)
+        .env_remove("FIELDGATE_TOKEN");
+    if let Some(t) = token {
+        command.env("FIELDGATE_TOKEN", t);
+    }
+    let out = command.output().unwrap();
+    (out.status.success(), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
+}
+
 /// A minimal HTTP/1.1 GET: returns the status code, the headers (lowercased names) and the body.
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, Vec<(String, String)>, String) {
     let mut s = TcpStream::connect(addr).unwrap();

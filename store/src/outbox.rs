@@ -38,6 +38,9 @@ pub const CURSOR: &str = "upstream-cursor";
 const MAGIC: &[u8; 4] = b"FGOB";
 /// Rows per batch unless configured otherwise ([`OutboxConfig::batch_rows`]).
 pub const DEFAULT_BATCH_ROWS: usize = 10_000;
+/// Bytes per batch (before compression) unless configured otherwise: well under gRPC's usual
+/// 4 MiB message limit.
+pub const DEFAULT_BATCH_BYTES: u64 = 1 << 20;
 const HEADER: usize = 4 + 4 + 4 + 8 + 8 + 8 + 8;
 
 /// Which rollups go upstream, and how much disk the outbox may use.
@@ -47,9 +50,10 @@ pub struct OutboxConfig {
     pub windows: Vec<Duration>,
     pub max_bytes: u64,
     /// A flush's rows of one window size go into batches of at most this many rows (each
-    /// batch is one gRPC message; at about 57 bytes a row before compression, 10,000 rows
-    /// is well under gRPC's usual 4 MiB message limit).
+    /// batch is one gRPC message, about 57 bytes a row before compression) ...
     pub batch_rows: usize,
+    /// ... and at most this many bytes (long names make rows larger).
+    pub batch_bytes: u64,
 }
 
 /// What the outbox knows of one batch without reading it.
@@ -86,6 +90,7 @@ pub struct Outbox {
     dir: PathBuf,
     max_bytes: u64,
     batch_rows: usize,
+    batch_bytes: u64,
     entries: BTreeMap<u64, Entry>,
     /// Batches the collector holds that are still on disk because a lower one is not
     /// acknowledged yet (see [`Outbox::ack`]).
@@ -285,6 +290,7 @@ impl Outbox {
             dir,
             max_bytes,
             batch_rows: DEFAULT_BATCH_ROWS,
+            batch_bytes: DEFAULT_BATCH_BYTES,
             entries,
             acked: std::collections::BTreeSet::new(),
             acked_through,
@@ -294,36 +300,54 @@ impl Outbox {
         Ok((outbox, recovery))
     }
 
-    /// Write the batches of flush `flush`: one per window size with rows. Returns their
-    /// entries. A retry of the same flush first removes what an earlier attempt wrote.
+    /// Write the batches of flush `flush`: each window size's rows in batches of at most
+    /// `batch_rows` rows and `batch_bytes` bytes (a batch over the bytes is halved until it
+    /// fits or holds one row). Returns their entries.
     pub fn write(&mut self, flush: u64, rollups: &[(i64, &[Rollup])]) -> io::Result<Vec<Entry>> {
+        let mut written = Vec::new();
+        let per_batch = self.batch_rows;
+        for (window_ns, rows) in rollups {
+            for chunk in rows.chunks(per_batch) {
+                // Pieces still to write, in order (the stack's top is the next one).
+                let mut pending = vec![chunk];
+                while let Some(rows) = pending.pop() {
+                    let columns = encode_rollups(*window_ns, rows);
+                    if columns.encoded_len() as u64 > self.batch_bytes && rows.len() > 1 {
+                        let (a, b) = rows.split_at(rows.len() / 2);
+                        pending.extend([b, a]);
+                        continue;
+                    }
+                    let seq = self.next_seq;
+                    let batch = Batch { seq, body: Some(Body::Rollups(columns)) };
+                    let (from_ns, to_ns) =
+                        rows.iter().fold((i64::MAX, i64::MIN), |(a, b), r| (a.min(r.start), b.max(r.start)));
+                    let mut entry = Entry {
+                        seq,
+                        flush,
+                        bytes: 0,
+                        rows: rows.len() as u64,
+                        window_ns: *window_ns,
+                        from_ns,
+                        to_ns,
+                    };
+                    self.put(&mut entry, &batch)?;
+                    written.push(entry);
+                }
+            }
+        }
+        Ok(written)
+    }
+
+    /// Forget what a failed attempt at flush `flush` wrote, before it is tried again: that
+    /// flush never committed, so its batches were never offered and their numbers are given
+    /// again. Only for a flush known not to have committed.
+    pub fn discard_uncommitted(&mut self, flush: u64) -> io::Result<()> {
         let earlier: Vec<u64> = self.entries.values().filter(|e| e.flush == flush).map(|e| e.seq).collect();
         for seq in earlier {
             self.forget(seq)?;
             self.next_seq = self.next_seq.min(seq);
         }
-        let mut written = Vec::new();
-        let per_batch = self.batch_rows;
-        let pieces = rollups.iter().flat_map(|(w, rows)| rows.chunks(per_batch).map(move |c| (w, c)));
-        for (window_ns, rows) in pieces {
-            let seq = self.next_seq;
-            let columns = encode_rollups(*window_ns, rows);
-            let batch = Batch { seq, body: Some(Body::Rollups(columns)) };
-            let (from_ns, to_ns) =
-                rows.iter().fold((i64::MAX, i64::MIN), |(a, b), r| (a.min(r.start), b.max(r.start)));
-            let mut entry = Entry {
-                seq,
-                flush,
-                bytes: 0,
-                rows: rows.len() as u64,
-                window_ns: *window_ns,
-                from_ns,
-                to_ns,
-            };
-            self.put(&mut entry, &batch)?;
-            written.push(entry);
-        }
-        Ok(written)
+        Ok(())
     }
 
     fn put(&mut self, entry: &mut Entry, batch: &Batch) -> io::Result<()> {
@@ -420,9 +444,11 @@ impl Outbox {
             .collect()
     }
 
-    /// Split each flush's rows of one window size into batches of at most `rows` rows.
-    pub fn set_batch_rows(&mut self, rows: usize) {
+    /// Split each flush's rows of one window size into batches of at most `rows` rows and
+    /// `bytes` bytes.
+    pub fn set_batch_limits(&mut self, rows: usize, bytes: u64) {
         self.batch_rows = rows.max(1);
+        self.batch_bytes = bytes.max(1);
     }
 
     /// The batch `seq` as the forwarder sends it.
@@ -551,6 +577,29 @@ mod tests {
         // Numbers keep growing after everything was acknowledged and the gateway restarted.
         let (mut outbox, _) = Outbox::open(dir.path(), 1 << 30, 7).unwrap();
         assert_eq!(outbox.write(8, &[(w, &b)]).unwrap()[0].seq, 4);
+    }
+
+    #[test]
+    fn batches_keep_to_their_rows_and_bytes_and_a_failed_flush_is_discarded() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = 60_000_000_000;
+        let (mut outbox, _) = Outbox::open(dir.path(), 1 << 30, 0).unwrap();
+        outbox.set_batch_limits(100, 2_000);
+        let all = rows(250, w, 0);
+        let written = outbox.write(3, &[(w, &all)]).unwrap();
+        assert!(written.len() > 3, "100 rows are over 2,000 bytes: halved ({} batches)", written.len());
+        let mut back = Vec::new();
+        for e in &written {
+            assert!(e.rows <= 100);
+            let Some(Body::Rollups(c)) = outbox.read(e.seq).unwrap().body else { panic!("rollups") };
+            assert!(c.encoded_len() <= 2_000 || e.rows == 1, "batch {} is {} bytes", e.seq, c.encoded_len());
+            back.extend(decode_rollups(&c).unwrap());
+        }
+        assert_eq!(back, all, "every row once, in order");
+        // That flush failed after all: its batches go, and the retry gets the same numbers.
+        outbox.discard_uncommitted(3).unwrap();
+        assert_eq!(outbox.usage(), (0, 0));
+        assert_eq!(outbox.write(3, &[(w, &all[..10])]).unwrap()[0].seq, 1);
     }
 
     #[test]

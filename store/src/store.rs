@@ -134,7 +134,7 @@ impl Store {
             Some(o) => {
                 let (mut outbox, found) = crate::Outbox::open(&data, o.max_bytes, checkpoint_seq)
                     .map_err(io("cannot open the outbox", data.join(crate::outbox::DIR)))?;
-                outbox.set_batch_rows(o.batch_rows);
+                outbox.set_batch_limits(o.batch_rows, o.batch_bytes);
                 recovery.outbox = Some(found);
                 Some(Arc::new(std::sync::Mutex::new(outbox)))
             }

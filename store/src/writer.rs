@@ -464,7 +464,15 @@ pub(crate) fn run_flusher(
         let deletable = loop {
             let written = {
                 let _writing = shared.locks.writers.lock().unwrap_or_else(PoisonError::into_inner);
-                flush(&cfg, &shared.metrics, &mut job, outbox.as_ref())
+                // A retry: what the failed attempt put in the outbox goes first (never offered:
+                // the flush did not commit).
+                let discarded = match (&outbox, attempt) {
+                    (Some((o, _)), 1..) => {
+                        o.lock().unwrap_or_else(PoisonError::into_inner).discard_uncommitted(job.seq)
+                    }
+                    _ => Ok(()),
+                };
+                discarded.and_then(|()| flush(&cfg, &shared.metrics, &mut job, outbox.as_ref()))
             };
             match written {
                 Ok(deletable) => {

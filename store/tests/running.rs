@@ -24,8 +24,12 @@ fn config(dir: &std::path::Path) -> StoreConfig {
     cfg.windows = vec![Duration::from_secs(10), Duration::from_secs(60)];
     cfg.allowed_lateness = Duration::ZERO;
     cfg.flush_rows = 30;
-    cfg.outbox =
-        Some(OutboxConfig { windows: vec![Duration::from_secs(60)], max_bytes: 1 << 30, batch_rows: 10_000 });
+    cfg.outbox = Some(OutboxConfig {
+        windows: vec![Duration::from_secs(60)],
+        max_bytes: 1 << 30,
+        batch_rows: 10_000,
+        batch_bytes: 1 << 20,
+    });
     cfg
 }
 

@@ -30,10 +30,15 @@ fn reading(j: u64) -> Reading {
 }
 
 fn config(dir: &Path, collector: SocketAddr, extra: &str) -> Config {
+    config_at(dir, &format!("http://{collector}"), extra)
+}
+
+/// [`config`] with the collector's URL given whole (`https://...`).
+fn config_at(dir: &Path, endpoint: &str, extra: &str) -> Config {
     let path = write_config(
         dir,
         &format!(
-            "\n[store]\nwindows = [\"10s\", \"1m\"]\nallowed_lateness = \"0s\"\n\n[upstream]\nendpoint = \"http://{collector}\"\nwindows = [\"10s\", \"1m\"]\nbatch_rows = 40\nreconnect_min = \"20ms\"\nreconnect_max = \"200ms\"\n{extra}"
+            "\n[store]\nwindows = [\"10s\", \"1m\"]\nallowed_lateness = \"0s\"\n\n[upstream]\nendpoint = \"{endpoint}\"\nwindows = [\"10s\", \"1m\"]\nbatch_rows = 40\nreconnect_min = \"20ms\"\nreconnect_max = \"200ms\"\n{extra}"
         ),
     );
     let mut config = Config::load(&path).unwrap();
@@ -74,6 +79,31 @@ fn wait_gauge(addr: SocketAddr, name: &str, value: f64) {
     }
 }
 
+/// The sequence numbers a collector stored for `gateway`, in the order it stored them.
+fn ledger(collector_dir: &Path, gateway: &str) -> Vec<u64> {
+    let dir = collector_dir.join("ledger").join(gateway);
+    let file = std::fs::read_dir(&dir).unwrap().next().unwrap().unwrap().path();
+    std::fs::read(file)
+        .unwrap()
+        .chunks_exact(12)
+        .map(|r| u64::from_le_bytes(r[..8].try_into().unwrap()))
+        .collect()
+}
+
+/// The sequence numbers of the batch files under `dir` (`batch-<outbox>-<seq>.parquet`).
+fn seqs_in(dir: &Path) -> std::collections::BTreeSet<u64> {
+    let mut out = std::collections::BTreeSet::new();
+    for day in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        for f in std::fs::read_dir(day.path()).unwrap().flatten() {
+            let name = f.file_name().to_string_lossy().into_owned();
+            if let Some(seq) = name.strip_suffix(".parquet").and_then(|n| n.rsplit('-').next()) {
+                out.insert(seq.parse().unwrap());
+            }
+        }
+    }
+    out
+}
+
 /// A rollup row as the tests compare it: (device, metric, window_start, count, sum).
 type Row = (String, String, i64, u64, f64);
 
@@ -103,12 +133,12 @@ fn differences(ours: &[Row], theirs: &[Row]) -> String {
 }
 
 /// The gateway's rows and the collector's rows of both window sizes, each sorted.
-fn both_sides(data: &Path, collector_dir: &Path) -> Vec<(Vec<Row>, Vec<Row>)> {
+fn both_sides(data: &Path, collector_dir: &Path, gateway: &str) -> Vec<(Vec<Row>, Vec<Row>)> {
     ["10s", "1m"]
         .into_iter()
         .map(|w| {
             let mut ours = rollup_rows(data, w);
-            let mut theirs = fleet_rollup_rows(collector_dir, "test-gw", w);
+            let mut theirs = fleet_rollup_rows(collector_dir, gateway, w);
             ours.sort_by(|a, b| a.partial_cmp(b).unwrap());
             theirs.sort_by(|a, b| a.partial_cmp(b).unwrap());
             (ours, theirs)
@@ -126,7 +156,8 @@ async fn every_window_reaches_a_collector_that_was_down_and_then_killed_exactly_
     let http = running.http_addr;
 
     // The collector is not there yet: batches wait in the outbox, the link is retried.
-    submit(&running, 0, 3000).await;
+    let seq = submit(&running, 0, 3000).await;
+    running.checkpointed().wait_for(|&s| s >= seq).await.unwrap();
     wait_metric(http, "fieldgate_upstream_disconnects_total{reason=\"connect\"}", 2.0);
     wait_metric(http, "fieldgate_store_outbox_batches", 3.0);
     let health = fieldgate_tests::wait_health(http, "upstream", "degraded");
@@ -137,6 +168,14 @@ async fn every_window_reaches_a_collector_that_was_down_and_then_killed_exactly_
     c.wait_for("gateway connected");
     wait_metric(http, "fieldgate_upstream_connected", 1.0);
     let acked = wait_metric(http, "fieldgate_upstream_batches_acked_total", 3.0);
+
+    // Progressive catch-up: the collector got the newest 1-minute batches first, newest first,
+    // before any of the 10 s backlog.
+    let first = ledger(&collector_dir, "test-gw");
+    let minute_seqs = seqs_in(&collector_dir.join("rollups/gateway=test-gw/window=1m"));
+    let coarse_first: Vec<u64> = first.iter().copied().take_while(|s| minute_seqs.contains(s)).collect();
+    assert!(coarse_first.len() >= 2, "the first batches stored: {first:?}; 1 min ones: {minute_seqs:?}");
+    assert!(coarse_first.windows(2).all(|w| w[0] > w[1]), "newest first: {coarse_first:?}");
 
     // Killed mid-stream, while more arrives; then back.
     submit(&running, 3000, 4500).await;
@@ -156,7 +195,7 @@ async fn every_window_reaches_a_collector_that_was_down_and_then_killed_exactly_
     assert!(metric(http, "fieldgate_upstream_batches_acked_total").unwrap() > acked);
 
     let data = dir.path().join("data");
-    for (ours, theirs) in both_sides(&data, &collector_dir) {
+    for (ours, theirs) in both_sides(&data, &collector_dir, "test-gw") {
         assert!(ours.len() > 100, "enough windows to mean something: {}", ours.len());
         let diff = differences(&ours, &theirs);
         assert!(diff.is_empty(), "the collector must hold exactly the gateway's windows, each once:\n{diff}");
@@ -206,7 +245,7 @@ async fn a_full_outbox_drops_the_oldest_and_the_collector_learns_exactly_what_is
     assert_eq!(listed_rows, dropped, "{out}");
     let data = dir.path().join("data");
     let mut received = 0;
-    for (ours, theirs) in both_sides(&data, &collector_dir) {
+    for (ours, theirs) in both_sides(&data, &collector_dir, "test-gw") {
         // What arrived is the newest part of what the gateway stored, each once.
         let mut seen = std::collections::HashSet::new();
         for row in &theirs {
@@ -215,7 +254,7 @@ async fn a_full_outbox_drops_the_oldest_and_the_collector_learns_exactly_what_is
         }
         received += theirs.len() as u64;
     }
-    let stored: u64 = both_sides(&data, &collector_dir).iter().map(|(o, _)| o.len() as u64).sum();
+    let stored: u64 = both_sides(&data, &collector_dir, "test-gw").iter().map(|(o, _)| o.len() as u64).sum();
     assert_eq!(received + gap_rows, stored, "received and reported missing make up all {stored} rows");
     shutdown.cancel();
     running.wait().await.unwrap();
@@ -315,7 +354,7 @@ fn a_gateway_killed_mid_stream_forwards_every_window_once() {
     child.wait().unwrap();
     let connections = c.log().matches("gateway connected").count();
     assert!(connections >= 7, "the gateway connected once per run: {connections}");
-    for (ours, theirs) in both_sides(&dir.path().join("data"), &collector_dir) {
+    for (ours, theirs) in both_sides(&dir.path().join("data"), &collector_dir, "test-gw") {
         assert!(ours.len() > 100, "enough windows: {}", ours.len());
         let diff = differences(&ours, &theirs);
         assert!(diff.is_empty(), "the collector must hold exactly the gateway's windows, each once:\n{diff}");
@@ -400,5 +439,96 @@ async fn three_gateways_forward_to_one_collector_whose_stats_add_up() {
         shutdown.cancel();
         running.wait().await.unwrap();
     }
+    c.stop_cleanly();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_a_gateway_needs_its_own_token_and_a_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = fieldgate_tests::Pki::generate(dir.path());
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "farm-ok s3cret\nfarm-bad the-right-one\n").unwrap();
+    let query_token = dir.path().join("query-token");
+    std::fs::write(&query_token, "q-token\n").unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let collector_dir = dir.path().join("collector");
+    let s = |p: &Path| p.to_str().unwrap().to_owned();
+    let mut c = GatewayProcess::spawn(&[
+        "collector",
+        "--listen",
+        &addr.to_string(),
+        "--data-dir",
+        &s(&collector_dir),
+        "--tokens-file",
+        &s(&tokens),
+        "--query-token-file",
+        &s(&query_token),
+        "--tls-cert-file",
+        &s(&pki.server_cert),
+        "--tls-key-file",
+        &s(&pki.server_key),
+        "--tls-client-ca-file",
+        &s(&pki.ca),
+    ]);
+    c.wait_for("collector listening");
+    let tls = format!(
+        "\n[upstream.tls]\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+        s(&pki.ca),
+        s(&pki.client_cert),
+        s(&pki.client_key)
+    );
+    let start = |name: &str, token: &str| {
+        let gw_dir = dir.path().join(name);
+        std::fs::create_dir_all(&gw_dir).unwrap();
+        let mut config =
+            config_at(&gw_dir, &format!("https://{addr}"), &format!("token = \"{token}\"\n{tls}"));
+        config.gateway.id = name.to_owned();
+        config.upstream.as_mut().unwrap().gateway_id = name.to_owned();
+        config
+    };
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let good = fieldgate::start(start("farm-ok", "s3cret"), shutdown.clone()).await.unwrap();
+    let bad = fieldgate::start(start("farm-bad", "a-guess"), shutdown.clone()).await.unwrap();
+    for running in [&good, &bad] {
+        let seq = submit(running, 0, 1200).await;
+        let closers: Vec<Reading> = (0..SERIES)
+            .map(|j| Reading { ts: Timestamp::from_nanos(BASE + 86_400 * S), ..reading(j) })
+            .collect();
+        let seq = seq.max(running.sink().submit(closers, Timestamp::now()).await.unwrap().await.unwrap().seq);
+        running.checkpointed().wait_for(|&s| s >= seq).await.unwrap();
+    }
+    // The right token over mutual TLS: everything arrives.
+    wait_gauge(good.http_addr, "fieldgate_upstream_connected", 1.0);
+    wait_gauge(good.http_addr, "fieldgate_store_outbox_batches", 0.0);
+    for (ours, theirs) in both_sides(&dir.path().join("farm-ok/data"), &collector_dir, "farm-ok") {
+        assert!(!ours.is_empty());
+        assert!(differences(&ours, &theirs).is_empty(), "{}", differences(&ours, &theirs));
+    }
+    // A wrong token: refused, retried, nothing stored, the outbox kept.
+    wait_metric(bad.http_addr, "fieldgate_upstream_disconnects_total{reason=\"refused\"}", 2.0);
+    assert_eq!(metric(bad.http_addr, "fieldgate_upstream_connected"), Some(0.0));
+    assert!(metric(bad.http_addr, "fieldgate_store_outbox_batches").unwrap() > 0.0);
+    assert!(!collector_dir.join("rollups/gateway=farm-bad").exists());
+    // Queries need the query token and a client certificate.
+    let tls_args = [
+        "--tls-ca-file",
+        &s(&pki.ca),
+        "--tls-cert-file",
+        &s(&pki.client_cert),
+        "--tls-key-file",
+        &s(&pki.client_key),
+    ];
+    let ask = |token: Option<&str>| {
+        let args: Vec<&str> = tls_args.iter().copied().chain(["gaps"]).collect();
+        query_cli(addr, token, &args)
+    };
+    let (ok, _, err) = ask(None);
+    assert!(!ok && err.contains("Bearer"), "{err}");
+    let (ok, out, err) = ask(Some("q-token"));
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "[]", "no gaps");
+    shutdown.cancel();
+    good.wait().await.unwrap();
+    bad.wait().await.unwrap();
     c.stop_cleanly();
 }

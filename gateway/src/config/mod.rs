@@ -225,6 +225,15 @@ impl Validator {
             windows,
             max_bytes: raw.max_disk.0,
             batch_rows: self.count("upstream.batch_rows", raw.batch_rows, 1, 1_000_000),
+            batch_bytes: {
+                if !(4 << 10..=16 << 20).contains(&raw.batch_bytes.0) {
+                    self.problem(
+                        "upstream.batch_bytes",
+                        format!("must be between 4KiB and 16MiB, got {}", raw.batch_bytes),
+                    );
+                }
+                raw.batch_bytes.0
+            },
         });
         let token = raw.token.and_then(|t| match t.resolve(env) {
             Ok(t) if t.expose().is_empty() => {

@@ -41,6 +41,8 @@ pub(crate) struct RawUpstream {
     pub(crate) max_disk: ByteSize,
     #[serde(default = "default_batch_rows")]
     pub(crate) batch_rows: usize,
+    #[serde(default = "default_batch_bytes")]
+    pub(crate) batch_bytes: ByteSize,
     #[serde(default = "default_in_flight")]
     pub(crate) max_in_flight: usize,
     /// Bytes a second at most; 0: no cap.
@@ -76,6 +78,9 @@ fn default_upstream_max_disk() -> ByteSize {
 }
 fn default_batch_rows() -> usize {
     fieldgate_store::outbox::DEFAULT_BATCH_ROWS
+}
+fn default_batch_bytes() -> ByteSize {
+    ByteSize(fieldgate_store::outbox::DEFAULT_BATCH_BYTES)
 }
 fn default_in_flight() -> usize {
     8

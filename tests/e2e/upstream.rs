@@ -532,3 +532,38 @@ async fn over_tls_a_gateway_needs_its_own_token_and_a_certificate() {
     bad.wait().await.unwrap();
     c.stop_cleanly();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_stops_answering_is_noticed_and_the_stream_opened_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let collector_dir = dir.path().join("collector");
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut c = collector(&collector_dir, addr);
+    let extra = "keepalive = \"1s\"\nkeepalive_timeout = \"1s\"\nack_timeout = \"2s\"\n";
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = fieldgate::start(config(dir.path(), addr, extra), shutdown.clone()).await.unwrap();
+    let http = running.http_addr;
+    c.wait_for("gateway connected");
+    wait_gauge(http, "fieldgate_upstream_connected", 1.0);
+
+    // Frozen, as a collector behind a dead link is: the connection stays open, nothing answers.
+    c.signal(nix::sys::signal::Signal::SIGSTOP);
+    let seq = submit(&running, 0, 3000).await;
+    running.checkpointed().wait_for(|&s| s >= seq).await.unwrap();
+    wait_gauge(http, "fieldgate_upstream_connected", 0.0);
+    c.signal(nix::sys::signal::Signal::SIGCONT);
+
+    let closers: Vec<Reading> =
+        (0..SERIES).map(|j| Reading { ts: Timestamp::from_nanos(BASE + 86_400 * S), ..reading(j) }).collect();
+    let seq = running.sink().submit(closers, Timestamp::now()).await.unwrap().await.unwrap().seq;
+    running.checkpointed().wait_for(|&s| s >= seq).await.unwrap();
+    wait_gauge(http, "fieldgate_store_outbox_batches", 0.0);
+    for (ours, theirs) in both_sides(&dir.path().join("data"), &collector_dir, "test-gw") {
+        assert!(!ours.is_empty());
+        let diff = differences(&ours, &theirs);
+        assert!(diff.is_empty(), "{diff}");
+    }
+    shutdown.cancel();
+    running.wait().await.unwrap();
+    c.stop_cleanly();
+}

@@ -70,9 +70,14 @@ fn tcp_fleet() {
     // Resident memory after each round: its mean is the steady state, its largest value the
     // peak at a flush (the process's own high-water mark also holds the config parse at start).
     let mut rss = Vec::with_capacity(rounds);
+    // RSS is anonymous memory (the heap, stacks) plus the pages of the binary and libraries
+    // read so far (file-backed, shared, given back under memory pressure): the anonymous part
+    // is what the gateway's data costs.
+    let mut anon = Vec::with_capacity(rounds);
     for k in 1..=rounds {
         wait_metric(addr, "fieldgate_modbus_points_total", p0 + k as f64 * per_round);
         rss.push(rss_mib(gw.pid(), "VmRSS:"));
+        anon.push(rss_mib(gw.pid(), "RssAnon:"));
     }
     let (p1, r1, c1, s1, took) =
         (points(), requests(), cpu_seconds(gw.pid()), cpu_seconds(sim.id()), t0.elapsed());
@@ -87,6 +92,11 @@ fn tcp_fleet() {
         "gateway RSS:              {:>9.1} MiB mean over the rounds, {:.1} MiB at most",
         rss.iter().sum::<f64>() / rss.len() as f64,
         rss.iter().copied().fold(0.0, f64::max)
+    );
+    println!(
+        "  of which anonymous:      {:>9.1} MiB mean, {:.1} MiB at most (the rest: the binary's pages)",
+        anon.iter().sum::<f64>() / anon.len() as f64,
+        anon.iter().copied().fold(0.0, f64::max)
     );
     println!("field-sim CPU (context):  {:>9.1} % of one core", 100.0 * (s1 - s0) / secs);
     let _ = sim.kill();

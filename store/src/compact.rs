@@ -112,16 +112,8 @@ struct Partition {
 
 fn partitions(data_dir: &Path) -> Vec<Partition> {
     let dates = |dir: &Path, kind: Kind| -> Vec<Partition> {
-        std::fs::read_dir(dir)
-            .into_iter()
-            .flatten()
-            .filter_map(Result::ok)
-            .filter_map(|e| {
-                let name = e.file_name().into_string().ok()?;
-                let day = layout::parse_date(name.strip_prefix("date=")?)?;
-                Some(Partition { dir: e.path(), day, kind: kind.clone() })
-            })
-            .collect()
+        let days = layout::date_dirs(dir).into_iter();
+        days.map(|(day, dir)| Partition { dir, day, kind: kind.clone() }).collect()
     };
     let mut out = dates(
         &data_dir.join(layout::RECORDINGS),
@@ -207,49 +199,39 @@ pub(crate) fn pass(
     stopping: &AtomicBool,
 ) -> io::Result<CompactionReport> {
     clear(data_dir)?;
-    let result = pass_inner(data_dir, committed, now_ns, wait_quiet, row_group_rows, locks, stopping);
+    let result = (|| {
+        let mut report = CompactionReport::default();
+        let day_ns = 86_400_000_000_000;
+        for p in partitions(data_dir) {
+            if (p.day + 1) * day_ns + AFTER_DAY_END.as_nanos() as i64 > now_ns {
+                continue;
+            }
+            let parts: Vec<(PathBuf, i64, u64)> =
+                layout::parts(&p.dir).into_iter().filter(|(_, _, seq)| *seq <= committed).collect();
+            if parts.len() < 2 {
+                continue;
+            }
+            if wait_quiet {
+                let newest = parts
+                    .iter()
+                    .filter_map(|(path, _, _)| std::fs::metadata(path).and_then(|m| m.modified()).ok())
+                    .max();
+                if newest.is_some_and(|t| SystemTime::now().duration_since(t).unwrap_or_default() < QUIET) {
+                    continue;
+                }
+            }
+            if stopping.load(Ordering::Acquire) {
+                break;
+            }
+            compact(data_dir, &p, &parts, row_group_rows, locks, stopping, &mut report)?;
+        }
+        Ok(report)
+    })();
     if result.is_err() {
         // Space the flusher may need more than compaction does.
         let _ = clear(data_dir);
     }
     result
-}
-
-fn pass_inner(
-    data_dir: &Path,
-    committed: u64,
-    now_ns: i64,
-    wait_quiet: bool,
-    row_group_rows: usize,
-    locks: &FileLocks,
-    stopping: &AtomicBool,
-) -> io::Result<CompactionReport> {
-    let mut report = CompactionReport::default();
-    let day_ns = 86_400_000_000_000;
-    for p in partitions(data_dir) {
-        if (p.day + 1) * day_ns + AFTER_DAY_END.as_nanos() as i64 > now_ns {
-            continue;
-        }
-        let parts: Vec<(PathBuf, i64, u64)> =
-            layout::parts(&p.dir).into_iter().filter(|(_, _, seq)| *seq <= committed).collect();
-        if parts.len() < 2 {
-            continue;
-        }
-        if wait_quiet {
-            let newest = parts
-                .iter()
-                .filter_map(|(path, _, _)| std::fs::metadata(path).and_then(|m| m.modified()).ok())
-                .max();
-            if newest.is_some_and(|t| SystemTime::now().duration_since(t).unwrap_or_default() < QUIET) {
-                continue;
-            }
-        }
-        if stopping.load(Ordering::Acquire) {
-            break;
-        }
-        compact(data_dir, &p, &parts, row_group_rows, locks, stopping, &mut report)?;
-    }
-    Ok(report)
 }
 
 /// Merge `parts` of partition `p` into one file and exchange the directory.

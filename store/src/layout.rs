@@ -87,6 +87,35 @@ pub fn parts(dir: &Path) -> Vec<(PathBuf, i64, u64)> {
     out
 }
 
+/// The `date=` partitions directly under `dir`, with their day numbers (days since the epoch).
+pub fn date_dirs(dir: &Path) -> Vec<(i64, PathBuf)> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            Some((parse_date(name.strip_prefix("date=")?)?, e.path()))
+        })
+        .collect()
+}
+
+/// Every Parquet file under `dir`, recursively, sorted (whatever its name: parts, compacted
+/// days, a collector's batches).
+pub fn parquet_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().filter_map(Result::ok) {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(parquet_files(&p));
+        } else if p.extension().is_some_and(|x| x == "parquet") {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

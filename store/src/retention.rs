@@ -34,17 +34,8 @@ fn dir_bytes(dir: &Path) -> u64 {
 }
 
 fn partitions(dir: &Path, rank: u8) -> Vec<Partition> {
-    std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .filter_map(Result::ok)
-        .filter_map(|e| {
-            let name = e.file_name().into_string().ok()?;
-            let day = layout::parse_date(name.strip_prefix("date=")?)?;
-            let path = e.path();
-            Some(Partition { day, rank, bytes: dir_bytes(&path), path })
-        })
-        .collect()
+    let days = layout::date_dirs(dir).into_iter();
+    days.map(|(day, path)| Partition { day, rank, bytes: dir_bytes(&path), path }).collect()
 }
 
 /// What a retention pass did.

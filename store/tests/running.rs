@@ -12,7 +12,7 @@ use fieldgate_proto::{DeviceId, Metric, Quality, Reading, Source, Timestamp};
 use fieldgate_store::outbox::decode_rollups;
 use fieldgate_store::{OutboxConfig, Store, StoreConfig, StoreMetrics};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 const S: i64 = 1_000_000_000;
@@ -113,21 +113,6 @@ async fn closed_windows_wait_in_the_outbox_until_acknowledged() {
     tokio::task::spawn_blocking(move || store.close()).await.unwrap();
 }
 
-/// Every Parquet file under `dir`, recursively.
-fn parquet_files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().map(Result::unwrap) {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(parquet_files(&p));
-        } else if p.extension().is_some_and(|x| x == "parquet") {
-            out.push(p);
-        }
-    }
-    out.sort();
-    out
-}
-
 /// A file's rows as (device, metric, time, value) in file order: time is `window_start` and
 /// value `sum` for rollups, `ts` and `value` for recordings.
 fn file_rows(path: &Path) -> Vec<(String, String, i64, f64)> {
@@ -159,7 +144,10 @@ type Days = BTreeMap<String, (usize, Vec<(String, String, i64, f64)>)>;
 
 fn days(data: &Path) -> Days {
     let mut out = Days::new();
-    for f in parquet_files(&data.join("rollups")).into_iter().chain(parquet_files(&data.join("recordings"))) {
+    for f in fieldgate_store::layout::parquet_files(&data.join("rollups"))
+        .into_iter()
+        .chain(fieldgate_store::layout::parquet_files(&data.join("recordings")))
+    {
         let day = f.parent().unwrap().strip_prefix(data).unwrap().to_string_lossy().into_owned();
         let e = out.entry(day).or_default();
         e.0 += 1;
@@ -237,7 +225,7 @@ async fn finished_days_are_compacted_into_one_sorted_file_each() {
             "{day}: one file for a past day, today untouched"
         );
         if !is_today {
-            let file = parquet_files(&data.join(day)).remove(0);
+            let file = fieldgate_store::layout::parquet_files(&data.join(day)).remove(0);
             let in_order = file_rows(&file);
             let mut sorted = in_order.clone();
             sorted.sort_by(|a, b| (&a.0, &a.1, a.2).cmp(&(&b.0, &b.1, b.2)));

@@ -609,25 +609,10 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     (f[0] + f[1]) / 100.0
 }
 
-/// Every Parquet file under `dir`, recursively, sorted.
-fn parquet_files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().map(Result::unwrap) {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(parquet_files(&p));
-        } else if p.extension().is_some_and(|x| x == "parquet") {
-            out.push(p);
-        }
-    }
-    out.sort();
-    out
-}
-
 /// Every record batch of the Parquet files under `dir`.
 fn parquet_batches(dir: &Path) -> Vec<arrow_array::RecordBatch> {
     let mut batches = Vec::new();
-    for path in parquet_files(dir) {
+    for path in fieldgate_store::layout::parquet_files(dir) {
         let file = std::fs::File::open(&path).unwrap();
         let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
             .unwrap()

@@ -235,17 +235,7 @@ impl Validator {
                 raw.batch_bytes.0
             },
         });
-        let token = raw.token.and_then(|t| match t.resolve(env) {
-            Ok(t) if t.expose().is_empty() => {
-                self.problem("upstream.token", "the token is empty");
-                None
-            }
-            Ok(t) => Some(t),
-            Err(e) => {
-                self.problem("upstream.token", e);
-                None
-            }
-        });
+        let token = raw.token.and_then(|t| self.token("upstream.token", t, env));
         let tls = raw.tls.and_then(|t| {
             let ca = self.read_file("upstream.tls.ca_file", base, &t.ca_file)?;
             let identity = match (&t.cert_file, &t.key_file) {
@@ -585,17 +575,7 @@ impl Validator {
         base: &Path,
     ) -> Option<GrpcConfig> {
         let listen = self.address("grpc.listen", &raw.listen);
-        let token = raw.token.and_then(|t| match t.resolve(env) {
-            Ok(secret) if secret.expose().is_empty() => {
-                self.problem("grpc.token", "the token is empty");
-                None
-            }
-            Ok(secret) => Some(secret),
-            Err(e) => {
-                self.problem("grpc.token", e);
-                None
-            }
-        });
+        let token = raw.token.and_then(|t| self.token("grpc.token", t, env));
         if raw.enabled && token.is_none() && !listen.ip().is_loopback() {
             self.problem(
                 "grpc.listen",
@@ -651,6 +631,21 @@ impl Validator {
                 Duration::from_secs(1),
                 Duration::from_secs(600),
             ),
+        }
+    }
+
+    /// A bearer token: resolved from where the file says, and not empty.
+    fn token(&mut self, key: &str, spec: SecretSpec, env: &dyn Fn(&str) -> Option<String>) -> Option<Secret> {
+        match spec.resolve(env) {
+            Ok(secret) if secret.expose().is_empty() => {
+                self.problem(key, "the token is empty");
+                None
+            }
+            Ok(secret) => Some(secret),
+            Err(e) => {
+                self.problem(key, e);
+                None
+            }
         }
     }
 

@@ -337,11 +337,22 @@ async fn session(
         while in_flight.len() < s.max_in_flight {
             let through = *committed.borrow_and_update();
             let next = {
-                let o = lock(outbox);
+                let mut o = lock(outbox);
                 let waiting: Vec<Entry> =
                     o.sendable(through).into_iter().filter(|e| !in_flight.contains_key(&e.seq)).collect();
                 match send_order(waiting).into_iter().next() {
-                    Some(e) => Some((e.seq, e.rows, o.read(e.seq).map_err(Ended::Outbox)?)),
+                    Some(e) => match o.read(e.seq) {
+                        Ok(batch) => Some((e.seq, e.rows, batch)),
+                        // Damaged on disk: it will never read back. A gap goes in its place.
+                        Err(err) if err.kind() == std::io::ErrorKind::InvalidData => {
+                            o.set_aside_damaged(e.seq, &err.to_string()).map_err(Ended::Outbox)?;
+                            if let Some(m) = &metrics.store {
+                                m.outbox_dropped_rows.inc_by(e.rows);
+                            }
+                            continue;
+                        }
+                        Err(err) => return Err(Ended::Outbox(err)),
+                    },
                     None => None,
                 }
             };

@@ -244,6 +244,7 @@ impl Outbox {
         let mut recovery = OutboxRecovery::default();
         let mut entries = BTreeMap::new();
         let mut gaps = Vec::new();
+        let mut damaged: Vec<(u64, u64, String)> = Vec::new();
         for e in std::fs::read_dir(&dir)? {
             let e = e?;
             let name = e.file_name().to_string_lossy().into_owned();
@@ -270,6 +271,7 @@ impl Outbox {
                     tracing::error!(file = %e.path().display(), error = %why, "outbox batch unreadable; set aside");
                     std::fs::rename(e.path(), e.path().with_extension("bad"))?;
                     recovery.damaged += 1;
+                    damaged.push((seq, flush, why.0));
                 }
             }
         }
@@ -283,9 +285,12 @@ impl Outbox {
         }
         crate::wal::sync_dir(&dir)?;
         recovery.batches = entries.len();
-        let next_seq = entries.keys().next_back().copied().unwrap_or(0).max(acked_through) + 1;
+        // A damaged batch's number was given out (and maybe sent): never given again.
+        let highest_damaged = damaged.iter().map(|d| d.0).max().unwrap_or(0);
+        let next_seq =
+            entries.keys().next_back().copied().unwrap_or(0).max(acked_through).max(highest_damaged) + 1;
         let bytes = entries.values().map(|e| e.bytes).sum();
-        let outbox = Outbox {
+        let mut outbox = Outbox {
             data_dir: data_dir.to_owned(),
             dir,
             max_bytes,
@@ -297,7 +302,50 @@ impl Outbox {
             next_seq,
             bytes,
         };
+        // What the set-aside batches held is unknown now; the collector is told which numbers.
+        for (seq, flush, why) in damaged {
+            outbox.record_damaged(seq, flush, (0, 0, 0), &why)?;
+        }
         Ok((outbox, recovery))
+    }
+
+    /// A batch that cannot be read back any more (its checksum fails): set it aside as
+    /// `.bad`, and send a gap in its place so the collector knows which rows will not come.
+    /// Returns the gap's entry.
+    pub fn set_aside_damaged(&mut self, seq: u64, why: &str) -> io::Result<Entry> {
+        let entry = self
+            .entries
+            .remove(&seq)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no batch {seq}")))?;
+        self.acked.remove(&seq);
+        self.bytes -= entry.bytes;
+        let path = self.dir.join(file_name(seq, entry.flush));
+        std::fs::rename(&path, path.with_extension("bad"))?;
+        tracing::error!(seq, error = why, "outbox batch damaged on disk; set aside, a gap sent in its place");
+        self.record_damaged(seq, entry.flush, (entry.rows, entry.from_ns, entry.to_ns), why)
+    }
+
+    /// Write the gap that stands for damaged batch `seq` (`rows`, first and last window start,
+    /// when known).
+    fn record_damaged(
+        &mut self,
+        seq: u64,
+        flush: u64,
+        (rows, from_ns, to_ns): (u64, i64, i64),
+        why: &str,
+    ) -> io::Result<Entry> {
+        let gap = Gap {
+            dropped: Some(SeqRange { first: seq, last: seq }),
+            from_ns,
+            to_ns,
+            rows,
+            reason: format!("batch {seq} was damaged on the gateway's disk ({why}) and set aside"),
+        };
+        let new_seq = self.next_seq;
+        let batch = Batch { seq: new_seq, body: Some(Body::Gap(gap)) };
+        let mut entry = Entry { seq: new_seq, flush, bytes: 0, rows, window_ns: 0, from_ns, to_ns };
+        self.put(&mut entry, &batch)?;
+        Ok(entry)
     }
 
     /// Write the batches of flush `flush`: each window size's rows in batches of at most
@@ -600,6 +648,43 @@ mod tests {
         outbox.discard_uncommitted(3).unwrap();
         assert_eq!(outbox.usage(), (0, 0));
         assert_eq!(outbox.write(3, &[(w, &all[..10])]).unwrap()[0].seq, 1);
+    }
+
+    #[test]
+    fn a_damaged_batch_is_set_aside_and_a_gap_sent_in_its_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = 60_000_000_000;
+        let (mut outbox, _) = Outbox::open(dir.path(), 1 << 30, 0).unwrap();
+        for flush in 1..=3 {
+            outbox.write(flush, &[(w, &rows(20, w, flush as i64 * w))]).unwrap();
+        }
+        let corrupt = |seq: u64, flush: u64| {
+            let path = dir.path().join(DIR).join(file_name(seq, flush));
+            let mut buf = std::fs::read(&path).unwrap();
+            let last = buf.len() - 1;
+            buf[last] ^= 0xff;
+            std::fs::write(&path, buf).unwrap();
+        };
+        // Damaged while running: the forwarder's read fails its checksum.
+        corrupt(2, 2);
+        let err = outbox.read(2).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        let gap = outbox.set_aside_damaged(2, &err.to_string()).unwrap();
+        assert_eq!((gap.seq, gap.rows, gap.window_ns), (4, 20, 0));
+        let Some(Body::Gap(g)) = outbox.read(4).unwrap().body else { panic!("a gap") };
+        assert_eq!(g.dropped, Some(SeqRange { first: 2, last: 2 }));
+        assert!(g.reason.contains("damaged"), "{}", g.reason);
+        assert_eq!(outbox.sendable(9).iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 3, 4]);
+        assert!(dir.path().join(DIR).join(file_name(2, 2)).with_extension("bad").exists());
+        // Damaged while the gateway was down: found at start, and its number is not given again.
+        corrupt(3, 3);
+        let (outbox, recovery) = Outbox::open(dir.path(), 1 << 30, 9).unwrap();
+        assert_eq!(recovery.damaged, 1);
+        let seqs: Vec<u64> = outbox.sendable(9).iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, vec![1, 4, 5], "batch 3 replaced by gap 5");
+        let Some(Body::Gap(g)) = outbox.read(5).unwrap().body else { panic!("a gap") };
+        assert_eq!(g.dropped, Some(SeqRange { first: 3, last: 3 }));
+        assert_eq!(outbox.next_seq(), 6);
     }
 
     #[test]

@@ -54,6 +54,9 @@ pub struct CollectorArgs {
     /// Where the fleet's data lands (rollups/, gaps/, ledger/).
     #[arg(long)]
     pub data_dir: PathBuf,
+    /// Where `/metrics` and `/healthz` are served (port 0 picks a free one; it is logged).
+    #[arg(long, default_value = "127.0.0.1:9465")]
+    pub http_listen: std::net::SocketAddr,
     /// A file of `<gateway-id> <token>` lines; with it, each gateway must present its token.
     /// Required beyond loopback.
     #[arg(long)]
@@ -280,8 +283,12 @@ fn collector(args: CollectorArgs) -> anyhow::Result<ExitCode> {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let http = tokio::net::TcpListener::bind(args.http_listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.http_listen))?;
         let sink = std::sync::Arc::new(crate::collector::ParquetSink::new(&args.data_dir));
-        crate::collector::serve(listener, sink, tokens, query_token, tls, &args.data_dir, shutdown).await
+        crate::collector::serve(listener, http, sink, tokens, query_token, tls, &args.data_dir, shutdown)
+            .await
     })?;
     Ok(ExitCode::SUCCESS)
 }

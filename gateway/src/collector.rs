@@ -227,9 +227,62 @@ impl BatchSink for ParquetSink {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct RefusedLabels {
+    pub reason: &'static str,
+}
+
+/// `fieldgate_collector_*`. No label names a gateway: the series stay fixed however large the
+/// fleet grows (the ledger and the logs say which gateway).
+#[derive(Debug, Clone, Default)]
+pub struct CollectorMetrics {
+    pub streams_open: prometheus_client::metrics::gauge::Gauge,
+    pub streams_refused: prometheus_client::metrics::family::Family<
+        RefusedLabels,
+        prometheus_client::metrics::counter::Counter,
+    >,
+    pub batches_stored: prometheus_client::metrics::counter::Counter,
+    pub rows_stored: prometheus_client::metrics::counter::Counter,
+    pub batches_duplicate: prometheus_client::metrics::counter::Counter,
+    pub gaps_stored: prometheus_client::metrics::counter::Counter,
+    pub write_errors: prometheus_client::metrics::counter::Counter,
+}
+
+impl CollectorMetrics {
+    pub fn register(registry: &mut prometheus_client::registry::Registry) -> Self {
+        let m = CollectorMetrics::default();
+        let r = registry.sub_registry_with_prefix("fieldgate_collector");
+        r.register("streams_open", "Gateways with a Forward stream open", m.streams_open.clone());
+        r.register("streams_refused", "Forward streams refused, by reason", m.streams_refused.clone());
+        r.register("batches_stored", "Rollup batches stored", m.batches_stored.clone());
+        r.register("rows_stored", "Rollup rows stored", m.rows_stored.clone());
+        r.register(
+            "batches_duplicate",
+            "Batches received again (the gateway missed the ack) and acknowledged without storing",
+            m.batches_duplicate.clone(),
+        );
+        r.register(
+            "gaps_stored",
+            "Gap records stored (rows a gateway dropped at its disk cap)",
+            m.gaps_stored.clone(),
+        );
+        r.register(
+            "write_errors",
+            "Batches that could not be stored (the gateway keeps them)",
+            m.write_errors.clone(),
+        );
+        m
+    }
+
+    fn refused(&self, reason: &'static str) {
+        self.streams_refused.get_or_create(&RefusedLabels { reason }).inc();
+    }
+}
+
 /// The UpstreamService of the collector.
 pub struct Collector {
     sink: Arc<dyn BatchSink>,
+    metrics: CollectorMetrics,
     /// Per gateway, the token it must present (`None`: no tokens required).
     tokens: Option<Arc<HashMap<String, Vec<u8>>>>,
     /// Origins with an open stream: a second stream for the same outbox is refused until the
@@ -238,8 +291,12 @@ pub struct Collector {
 }
 
 impl Collector {
-    pub fn new(sink: Arc<dyn BatchSink>, tokens: Option<HashMap<String, Vec<u8>>>) -> Collector {
-        Collector { sink, tokens: tokens.map(Arc::new), open: Arc::default() }
+    pub fn new(
+        sink: Arc<dyn BatchSink>,
+        tokens: Option<HashMap<String, Vec<u8>>>,
+        metrics: CollectorMetrics,
+    ) -> Collector {
+        Collector { sink, metrics, tokens: tokens.map(Arc::new), open: Arc::default() }
     }
 
     /// The tonic service, accepting gzip-compressed streams.
@@ -275,11 +332,12 @@ impl std::fmt::Debug for Collector {
 }
 
 /// Removes an origin from the open set when its stream ends.
-struct OpenGuard(Arc<Mutex<BTreeSet<Origin>>>, Origin);
+struct OpenGuard(Arc<Mutex<BTreeSet<Origin>>>, Origin, CollectorMetrics);
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
         self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&self.1);
+        self.2.streams_open.dec();
     }
 }
 
@@ -301,8 +359,8 @@ impl UpstreamService for Collector {
             .and_then(|v| v.to_str().ok())
             .ok_or_else(|| Status::invalid_argument(format!("a Forward stream needs `{GATEWAY_HEADER}`")))?
             .to_owned();
-        check_name("gateway", &gateway)?;
-        self.authorize(&gateway, &request)?;
+        check_name("gateway", &gateway).inspect_err(|_| self.metrics.refused("bad_hello"))?;
+        self.authorize(&gateway, &request).inspect_err(|_| self.metrics.refused("unauthenticated"))?;
         let mut inbound = request.into_inner();
         let hello = match inbound.message().await? {
             Some(UpstreamMessage { kind: Some(UpKind::Hello(h)) }) => h,
@@ -313,20 +371,24 @@ impl UpstreamService for Collector {
             }
         };
         if hello.gateway_id != gateway {
+            self.metrics.refused("bad_hello");
             return Err(Status::invalid_argument(format!(
                 "the Hello names gateway {:?} but the stream is for {gateway:?}",
                 hello.gateway_id
             )));
         }
-        check_name("outbox", &hello.outbox_id)?;
+        check_name("outbox", &hello.outbox_id).inspect_err(|_| self.metrics.refused("bad_hello"))?;
         let origin = Origin { gateway, outbox: hello.outbox_id };
         if !self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(origin.clone()) {
+            self.metrics.refused("busy");
             return Err(Status::unavailable(format!(
                 "gateway {:?} already has a stream open; try again when it ends",
                 origin.gateway
             )));
         }
-        let guard = OpenGuard(Arc::clone(&self.open), origin.clone());
+        self.metrics.streams_open.inc();
+        let guard = OpenGuard(Arc::clone(&self.open), origin.clone(), self.metrics.clone());
+        let metrics = self.metrics.clone();
         let sink = Arc::clone(&self.sink);
         let stored = {
             let (sink, origin) = (Arc::clone(&sink), origin.clone());
@@ -358,12 +420,27 @@ impl UpstreamService for Collector {
                     }
                 };
                 let seq = batch.seq;
-                if !have.contains(&seq) {
+                if have.contains(&seq) {
+                    metrics.batches_duplicate.inc();
+                } else {
+                    let rows = match &batch.body {
+                        Some(batch::Body::Rollups(c)) => Some(c.count.len() as u64),
+                        _ => None,
+                    };
                     let (sink, o) = (Arc::clone(&sink), origin.clone());
                     let written = tokio::task::spawn_blocking(move || sink.write(&o, &batch)).await;
                     match written {
-                        Ok(Ok(())) => {}
+                        Ok(Ok(())) => match rows {
+                            Some(n) => {
+                                metrics.batches_stored.inc();
+                                metrics.rows_stored.inc_by(n);
+                            }
+                            None => {
+                                metrics.gaps_stored.inc();
+                            }
+                        },
                         Ok(Err(e)) => {
+                            metrics.write_errors.inc();
                             tracing::error!(gateway = %origin.gateway, seq, error = %e, "cannot store a batch; the gateway keeps it and sends it again");
                             let status = if e.kind() == io::ErrorKind::InvalidData {
                                 Status::invalid_argument(format!("batch {seq}: {e}"))
@@ -414,8 +491,10 @@ pub fn parse_tokens(text: &str) -> Result<HashMap<String, Vec<u8>>, String> {
 /// Serve the collector on `listener` until `shutdown`: UpstreamService, the QueryService over
 /// the fleet's files in `data_dir` (Stats, Top, Summary, Gaps; with `query_token` required
 /// when given), and gRPC health.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve(
     listener: tokio::net::TcpListener,
+    http: tokio::net::TcpListener,
     sink: Arc<dyn BatchSink>,
     tokens: Option<HashMap<String, Vec<u8>>>,
     query_token: Option<Vec<u8>>,
@@ -424,6 +503,22 @@ pub async fn serve(
     shutdown: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
+    let http_addr = http.local_addr()?;
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = CollectorMetrics::register(&mut registry);
+    let status = crate::health::Health::default();
+    status.set(
+        "collector",
+        crate::health::Status::Up,
+        format!("gRPC on {addr}, data in {}", data_dir.display()),
+    );
+    let http_server = tokio::spawn(crate::http::serve(
+        http,
+        Arc::new(registry),
+        status,
+        crate::live::LiveState::default(),
+        shutdown.clone(),
+    ));
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_service_status("", tonic_health::ServingStatus::Serving).await;
     health.set_service_status("fieldgate.v1.UpstreamService", tonic_health::ServingStatus::Serving).await;
@@ -442,7 +537,7 @@ pub async fn serve(
         }
         builder = builder.tls_config(config)?;
     }
-    tracing::info!(%addr, data_dir = %data_dir.display(), tls = secure, tokens = tokens.is_some(), "collector listening");
+    tracing::info!(%addr, %http_addr, data_dir = %data_dir.display(), tls = secure, tokens = tokens.is_some(), "collector listening");
     let queries = crate::query::Queries {
         stats: fieldgate_analytics::Source::Fleet { data_dir: data_dir.to_owned() },
         live: None,
@@ -456,7 +551,7 @@ pub async fn serve(
         });
     let server = builder
         .add_service(health_service)
-        .add_service(Collector::new(sink, tokens).into_service())
+        .add_service(Collector::new(sink, tokens, metrics).into_service())
         .add_service(queries)
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
@@ -471,6 +566,7 @@ pub async fn serve(
             tokio::time::sleep(std::time::Duration::from_secs(2)).await;
         } => tracing::info!("gateways still connected at shutdown were dropped"),
     }
+    let _ = http_server.await;
     tracing::info!("collector stopped");
     Ok(())
 }

@@ -158,6 +158,8 @@ async fn main() {
         &collector_addr.to_string(),
         "--data-dir",
         collector_dir.to_str().unwrap(),
+        "--http-listen",
+        "127.0.0.1:0",
     ]);
     collector.wait_for("collector listening");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

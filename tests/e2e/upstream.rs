@@ -47,11 +47,18 @@ fn config_at(dir: &Path, endpoint: &str, extra: &str) -> Config {
     config
 }
 
-fn collector(dir: &Path, addr: SocketAddr) -> GatewayProcess {
+/// A collector process on `addr` with its data in `dir`, and the address of its `/metrics`.
+fn collector_with_http(dir: &Path, addr: SocketAddr) -> (GatewayProcess, SocketAddr) {
     let dir = dir.to_str().unwrap();
-    let mut c = GatewayProcess::spawn(&["collector", "--listen", &addr.to_string(), "--data-dir", dir]);
-    c.wait_for("collector listening");
-    c
+    let args =
+        ["collector", "--listen", &addr.to_string(), "--data-dir", dir, "--http-listen", "127.0.0.1:0"];
+    let mut c = GatewayProcess::spawn(&args);
+    let http = c.wait_for("collector listening")["http_addr"].as_str().unwrap().parse().unwrap();
+    (c, http)
+}
+
+fn collector(dir: &Path, addr: SocketAddr) -> GatewayProcess {
+    collector_with_http(dir, addr).0
 }
 
 /// Submit readings `from..to` in batches of 24, each acknowledged by the store.
@@ -366,7 +373,7 @@ fn a_gateway_killed_mid_stream_forwards_every_window_once() {
 async fn three_gateways_forward_to_one_collector_whose_stats_add_up() {
     let dir = tempfile::tempdir().unwrap();
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let mut c = collector(&dir.path().join("collector"), addr);
+    let (mut c, collector_http) = collector_with_http(&dir.path().join("collector"), addr);
     let mut gateways = Vec::new();
     for g in 0..3 {
         let gw_dir = dir.path().join(format!("farm-{g}"));
@@ -432,6 +439,20 @@ async fn three_gateways_forward_to_one_collector_whose_stats_add_up() {
     assert_eq!(fleet, each, "the collector's stats are the gateways' own, together");
     let counted = |rows: &[serde_json::Value]| rows.iter().map(|r| r["count"].as_f64().unwrap()).sum::<f64>();
     assert_eq!(counted(&fleet), counted(&each));
+    // Its metrics: three gateways connected, and what they stored.
+    assert_eq!(metric(collector_http, "fieldgate_collector_streams_open"), Some(3.0));
+    let stored_rows = metric(collector_http, "fieldgate_collector_rows_stored_total").unwrap();
+    let gateway_rows: usize = gateways
+        .iter()
+        .enumerate()
+        .map(|(g, _)| {
+            ["10s", "1m"]
+                .iter()
+                .map(|w| rollup_rows(&dir.path().join(format!("farm-{g}/data")), w).len())
+                .sum::<usize>()
+        })
+        .sum();
+    assert_eq!(stored_rows, gateway_rows as f64, "every row of every gateway stored once");
     // The collector keeps no live state, and says so.
     let (ok, _, err) = query_cli(addr, None, &["latest"]);
     assert!(!ok && err.contains("keeps no live state"), "{err}");
@@ -459,6 +480,8 @@ async fn over_tls_a_gateway_needs_its_own_token_and_a_certificate() {
         &addr.to_string(),
         "--data-dir",
         &s(&collector_dir),
+        "--http-listen",
+        "127.0.0.1:0",
         "--tokens-file",
         &s(&tokens),
         "--query-token-file",

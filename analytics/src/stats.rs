@@ -25,7 +25,11 @@ pub enum Source {
     /// Device ids are taken as unique across the fleet: rows of one device id from two
     /// gateways are merged (counts, sums, minimums and maximums exactly; first and last from
     /// the gateway whose files sort later).
-    Fleet { data_dir: PathBuf },
+    Fleet {
+        data_dir: PathBuf,
+        /// The collector's locks, held while the files are read (compaction waits for them).
+        locks: Option<std::sync::Arc<fieldgate_store::FileLocks>>,
+    },
 }
 
 impl Source {
@@ -34,7 +38,7 @@ impl Source {
     pub fn sizes(&self) -> Vec<i64> {
         match self {
             Source::Store { reader, .. } => reader.sizes().to_vec(),
-            Source::Fleet { data_dir } => {
+            Source::Fleet { data_dir, .. } => {
                 let mut sizes = std::collections::BTreeSet::new();
                 for g in std::fs::read_dir(data_dir.join(layout::ROLLUPS)).into_iter().flatten().flatten() {
                     for w in std::fs::read_dir(g.path()).into_iter().flatten().flatten() {
@@ -184,9 +188,13 @@ pub(crate) struct Inputs {
 pub(crate) async fn inputs(source: &Source, window_ns: i64, q: &StatsQuery) -> Result<Inputs, QueryError> {
     let (data_dir, reader) = match source {
         Source::Store { data_dir, reader } => (data_dir, reader),
-        Source::Fleet { data_dir } => {
+        Source::Fleet { data_dir, locks } => {
+            let held = match locks {
+                Some(l) => Some(l.hold_readers().await),
+                None => None,
+            };
             let files = fleet_files(data_dir, window_ns, q.from, q.to_fixed());
-            return Ok(Inputs { files, unwritten: Vec::new(), _held: None });
+            return Ok(Inputs { files, unwritten: Vec::new(), _held: held });
         }
     };
     fn set<T: Clone + Eq + std::hash::Hash>(v: &[T]) -> Option<HashSet<T>> {

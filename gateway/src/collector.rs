@@ -88,6 +88,8 @@ pub struct ParquetSink {
     root: PathBuf,
     row_group_rows: usize,
     ledgers: Mutex<HashMap<Origin, Ledger>>,
+    /// Held around writes (writers) and by queries (readers) while compaction swaps a day.
+    locks: Arc<fieldgate_store::FileLocks>,
 }
 
 impl std::fmt::Debug for ParquetSink {
@@ -106,7 +108,38 @@ const LEDGER_RECORD: usize = 12;
 
 impl ParquetSink {
     pub fn new(root: impl Into<PathBuf>) -> ParquetSink {
-        ParquetSink { root: root.into(), row_group_rows: 64 * 1024, ledgers: Mutex::new(HashMap::new()) }
+        ParquetSink {
+            root: root.into(),
+            row_group_rows: 64 * 1024,
+            ledgers: Mutex::new(HashMap::new()),
+            locks: Arc::default(),
+        }
+    }
+
+    /// The locks queries hold while they read the files (see [`ParquetSink::compact`]).
+    pub fn locks(&self) -> Arc<fieldgate_store::FileLocks> {
+        Arc::clone(&self.locks)
+    }
+
+    /// Compact every finished day: each gateway's batches of a day (those in the ledger)
+    /// become one file per window size, as the gateway does with its own parts. Blocking.
+    pub fn compact(
+        &self,
+        now_ns: i64,
+        stopping: &std::sync::atomic::AtomicBool,
+    ) -> io::Result<fieldgate_store::CompactionReport> {
+        let stored = |gateway: &str, outbox: &str| -> io::Result<Vec<(u64, u64)>> {
+            let origin = Origin { gateway: gateway.to_owned(), outbox: outbox.to_owned() };
+            Ok(self.stored(&origin)?.into_iter().map(|r| (r.first, r.last)).collect())
+        };
+        fieldgate_store::compact::compact_fleet(
+            &self.root,
+            &stored,
+            now_ns,
+            self.row_group_rows,
+            &self.locks,
+            stopping,
+        )
     }
 
     fn ledger_path(&self, origin: &Origin) -> PathBuf {
@@ -170,6 +203,7 @@ impl ParquetSink {
                 .join(format!("window={}", layout::window_label(c.window_ns)))
                 .join(format!("date={date}"))
                 .join(format!("batch-{}-{seq:020}.parquet", origin.outbox));
+            let _writing = self.locks.writers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             files::write_fleet_rollups(&path, &origin.gateway, &mut rows, seq, self.row_group_rows)?;
         }
         Ok(())
@@ -495,7 +529,7 @@ pub fn parse_tokens(text: &str) -> Result<HashMap<String, Vec<u8>>, String> {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     http: tokio::net::TcpListener,
-    sink: Arc<dyn BatchSink>,
+    sink: Arc<ParquetSink>,
     tokens: Option<HashMap<String, Vec<u8>>>,
     query_token: Option<Vec<u8>>,
     tls: Option<crate::config::GrpcTls>,
@@ -538,8 +572,30 @@ pub async fn serve(
         builder = builder.tls_config(config)?;
     }
     tracing::info!(%addr, %http_addr, data_dir = %data_dir.display(), tls = secure, tokens = tokens.is_some(), "collector listening");
+    // Finished days are compacted in the background, as on a gateway.
+    let stop_compacting = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (wake, sleep) = std::sync::mpsc::channel::<()>();
+    let compactor = {
+        let (sink, stop) = (Arc::clone(&sink), Arc::clone(&stop_compacting));
+        std::thread::Builder::new().name("fieldgate-compact".into()).spawn(move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                sleep.recv_timeout(fieldgate_store::compact::INTERVAL)
+            {
+                match sink.compact(fieldgate_proto::Timestamp::now().as_nanos(), &stop) {
+                    Ok(r) if r.partitions > 0 => {
+                        tracing::info!(days = r.partitions, files = r.files_in, rows = r.rows, "compacted finished days")
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "compaction failed; the files stay as they were; retrying later"),
+                }
+            }
+        })?
+    };
     let queries = crate::query::Queries {
-        stats: fieldgate_analytics::Source::Fleet { data_dir: data_dir.to_owned() },
+        stats: fieldgate_analytics::Source::Fleet {
+            data_dir: data_dir.to_owned(),
+            locks: Some(sink.locks()),
+        },
         live: None,
         configured: std::collections::BTreeMap::new(),
         gaps: crate::query::GapSource::Collector(data_dir.to_owned()),
@@ -551,7 +607,7 @@ pub async fn serve(
         });
     let server = builder
         .add_service(health_service)
-        .add_service(Collector::new(sink, tokens, metrics).into_service())
+        .add_service(Collector::new(sink.clone(), tokens, metrics).into_service())
         .add_service(queries)
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
@@ -567,6 +623,9 @@ pub async fn serve(
         } => tracing::info!("gateways still connected at shutdown were dropped"),
     }
     let _ = http_server.await;
+    stop_compacting.store(true, std::sync::atomic::Ordering::Release);
+    drop(wake);
+    let _ = tokio::task::spawn_blocking(move || compactor.join()).await;
     tracing::info!("collector stopped");
     Ok(())
 }
@@ -602,6 +661,77 @@ mod tests {
         let w = welcome(&ranges([4, 5]));
         assert_eq!((w.acked_through, w.acked_beyond.len()), (0, 1));
         assert_eq!(welcome(&[]).acked_through, 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn finished_days_are_compacted_and_answer_the_same() {
+        use fieldgate_analytics::{Source, StatsQuery, stats};
+        use fieldgate_proto::{DeviceId, Metric, Timestamp};
+        const MIN: i64 = 60_000_000_000;
+        // 2026-10-01T00:00:00Z, long over.
+        let day = 1_790_812_800_000_000_000_i64;
+        let dir = tempfile::tempdir().unwrap();
+        let sink = Arc::new(ParquetSink::new(dir.path()));
+        let origin = Origin { gateway: "farm-1".into(), outbox: "abc".into() };
+        let minute = |m: i64| -> Vec<fieldgate_store::Rollup> {
+            (0..4)
+                .map(|d| fieldgate_store::Rollup {
+                    device: DeviceId::new(&format!("silo-{d}")).unwrap(),
+                    metric: Metric::new("level_pct").unwrap(),
+                    window_ns: MIN,
+                    start: day + m * MIN,
+                    count: 2,
+                    min: m as f64,
+                    max: m as f64 + d as f64,
+                    sum: 2.0 * m as f64 + d as f64,
+                    first: m as f64,
+                    last: m as f64 + d as f64,
+                    first_ts: day + m * MIN + 1,
+                    last_ts: day + m * MIN + 2,
+                })
+                .collect()
+        };
+        let batch = |seq: u64, m: i64| Batch {
+            seq,
+            body: Some(batch::Body::Rollups(fieldgate_store::outbox::encode_rollups(MIN, &minute(m)))),
+        };
+        for seq in 1..=30 {
+            sink.write(&origin, &batch(seq, seq as i64)).unwrap();
+        }
+        // Written, but its ledger entry lost in a crash: the gateway will send it again.
+        let Some(batch::Body::Rollups(c)) = batch(31, 31).body else { unreachable!() };
+        sink.write_rollups(&origin, 31, &c).unwrap();
+        let source = Source::Fleet { data_dir: dir.path().to_owned(), locks: Some(sink.locks()) };
+        let q = StatsQuery {
+            devices: vec![],
+            metrics: vec![],
+            from: Timestamp::from_nanos(day),
+            to: Some(Timestamp::from_nanos(day + 60 * MIN)),
+            window: Some(std::time::Duration::from_secs(600)),
+        };
+        let before = stats(&source, &q).await.unwrap();
+        let day_dir = dir.path().join("rollups/gateway=farm-1/window=1m/date=2026-10-01");
+        assert_eq!(std::fs::read_dir(&day_dir).unwrap().count(), 31);
+
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let compacting = Arc::clone(&sink);
+        let report =
+            tokio::task::spawn_blocking(move || compacting.compact(Timestamp::now().as_nanos(), &stop))
+                .await
+                .unwrap()
+                .unwrap();
+        assert_eq!((report.partitions, report.files_in, report.rows), (1, 30, 120));
+        let mut left: Vec<String> = std::fs::read_dir(&day_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            vec![format!("batch-abc-{:020}.parquet", 30), format!("batch-abc-{:020}.parquet", 31)],
+            "the ledger's batches in one file, named for the newest; the unrecorded one left alone"
+        );
+        assert_eq!(stats(&source, &q).await.unwrap(), before, "the same answers from the compacted day");
     }
 
     #[test]

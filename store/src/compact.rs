@@ -41,6 +41,7 @@ use parquet::arrow::arrow_reader::{
     ArrowReaderOptions, ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder,
 };
 use parquet::file::properties::WriterProperties;
+use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -57,7 +58,7 @@ pub(crate) const AFTER_DAY_END: Duration = Duration::from_secs(3600);
 /// not have the day rewritten at every flush.
 const QUIET: Duration = Duration::from_secs(600);
 /// How often the compactor looks for work.
-pub(crate) const INTERVAL: Duration = Duration::from_secs(300);
+pub const INTERVAL: Duration = Duration::from_secs(300);
 /// Inputs merged at once. Measured on a day of 1,000 devices × 10 metrics (716 parts): 32
 /// inputs of 4,096 rows took 10 s and up to 131 MiB more resident memory; 16 of 1,024 took
 /// 16 s and 59 MiB. Memory is what an edge box is short of; a daily job has time.
@@ -69,13 +70,20 @@ const OUT_ROWS: usize = 8192;
 
 /// The locks that keep part files consistent for their readers while the compactor swaps them.
 #[derive(Debug, Default)]
-pub(crate) struct FileLocks {
+pub struct FileLocks {
     /// Held shared by queries, from listing the parts until they are read; exclusively by the
     /// compactor while it exchanges a day's directory.
-    pub(crate) readers: Arc<tokio::sync::RwLock<()>>,
+    pub readers: Arc<tokio::sync::RwLock<()>>,
     /// Held by the flusher while it writes parts or retention deletes partitions, and by the
     /// compactor while it exchanges, so no part lands in a directory being swapped out.
-    pub(crate) writers: Mutex<()>,
+    pub writers: Mutex<()>,
+}
+
+impl FileLocks {
+    /// Hold the files still while reading them (see [`crate::StoreReader::hold_files`]).
+    pub async fn hold_readers(&self) -> crate::FilesGuard {
+        crate::FilesGuard::new(Arc::clone(&self.readers).read_owned().await)
+    }
 }
 
 /// What a compaction pass did.
@@ -223,7 +231,11 @@ pub(crate) fn pass(
             if stopping.load(Ordering::Acquire) {
                 break;
             }
-            compact(data_dir, &p, &parts, row_group_rows, locks, stopping, &mut report)?;
+            let first_ts = parts.iter().map(|(_, ts, _)| *ts).min().unwrap_or(0);
+            let seq = parts.iter().map(|(_, _, seq)| *seq).max().unwrap_or(0);
+            let aside_root = data_dir.join(layout::STATE).join(DIR);
+            let target = Target { aside_root: &aside_root, data_dir, name: layout::part_name(first_ts, seq) };
+            compact(&target, &p, &parts, row_group_rows, locks, stopping, &mut report)?;
         }
         Ok(report)
     })();
@@ -234,9 +246,112 @@ pub(crate) fn pass(
     result
 }
 
+/// Where a collector builds new day directories and keeps old ones until its next pass:
+/// `<root>/compact/`, outside `rollups/` so hive readers never see it, on the same disk.
+pub const FLEET_DIR: &str = "compact";
+
+/// A collector's ledger: the ranges of batch numbers stored for a (gateway, outbox).
+pub type StoredRanges<'a> = dyn Fn(&str, &str) -> io::Result<Vec<(u64, u64)>> + 'a;
+
+/// One compaction pass over a collector's files under `root`
+/// (`rollups/gateway=<id>/window=<size>/date=<day>/batch-<outbox>-<seq>.parquet`): each
+/// finished day's batches of one outbox become one file, named for the newest batch it holds.
+/// Only batches in the collector's ledger are merged (`stored(gateway, outbox)` gives its
+/// ranges): a file written but not recorded is left alone, since the gateway will send it
+/// again and it will be written again. The same guarantees as the gateway's own compaction
+/// hold: the exchange is atomic, a crash leaves only garbage under `compact/`, and `locks`
+/// keep the collector's writes and queries consistent.
+pub fn compact_fleet(
+    root: &Path,
+    stored: &StoredRanges<'_>,
+    now_ns: i64,
+    row_group_rows: usize,
+    locks: &FileLocks,
+    stopping: &AtomicBool,
+) -> io::Result<CompactionReport> {
+    let aside_root = root.join(FLEET_DIR);
+    let clear = || match std::fs::remove_dir_all(&aside_root) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    };
+    clear()?;
+    let day_ns = 86_400_000_000_000;
+    let result = (|| {
+        let mut report = CompactionReport::default();
+        let list = |dir: &Path| -> Vec<(String, PathBuf)> {
+            let entries = std::fs::read_dir(dir).into_iter().flatten().filter_map(Result::ok);
+            entries.map(|e| (e.file_name().to_string_lossy().into_owned(), e.path())).collect()
+        };
+        for (name, gateway_dir) in list(&root.join(layout::ROLLUPS)) {
+            let Some(gateway) = name.strip_prefix("gateway=") else { continue };
+            for (name, window_dir) in list(&gateway_dir) {
+                let Some(label) = name.strip_prefix("window=") else { continue };
+                if layout::parse_window_label(label).is_none() {
+                    continue;
+                }
+                let kind = Kind {
+                    schema: files::fleet_rollup_schema(),
+                    time: "window_start",
+                    window: Some(label.to_owned()),
+                };
+                for (day, dir) in layout::date_dirs(&window_dir) {
+                    if (day + 1) * day_ns + AFTER_DAY_END.as_nanos() as i64 > now_ns {
+                        continue;
+                    }
+                    let mut by_outbox: BTreeMap<String, Vec<(PathBuf, i64, u64)>> = BTreeMap::new();
+                    for (name, path) in list(&dir) {
+                        let Some(rest) = name.strip_prefix("batch-").and_then(|n| n.strip_suffix(".parquet"))
+                        else {
+                            continue;
+                        };
+                        let Some((outbox, seq)) = rest.rsplit_once('-') else { continue };
+                        let Ok(seq) = seq.parse::<u64>() else { continue };
+                        by_outbox.entry(outbox.to_owned()).or_default().push((path, 0, seq));
+                    }
+                    for (outbox, files) in by_outbox {
+                        let held = stored(gateway, &outbox)?;
+                        let parts: Vec<(PathBuf, i64, u64)> = files
+                            .into_iter()
+                            .filter(|(_, _, s)| held.iter().any(|(a, b)| (*a..=*b).contains(s)))
+                            .collect();
+                        if parts.len() < 2 {
+                            continue;
+                        }
+                        if stopping.load(Ordering::Acquire) {
+                            return Ok(report);
+                        }
+                        let seq = parts.iter().map(|p| p.2).max().unwrap_or(0);
+                        let name = format!("batch-{outbox}-{seq:020}.parquet");
+                        let target = Target { aside_root: &aside_root, data_dir: root, name };
+                        let partition = Partition { dir: dir.clone(), day, kind: kind.clone() };
+                        compact(&target, &partition, &parts, row_group_rows, locks, stopping, &mut report)?;
+                        // One outbox per day and pass: the old directory now waits where the
+                        // next one would be built.
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(report)
+    })();
+    if result.is_err() {
+        let _ = clear();
+    }
+    result
+}
+
+/// Where one merge goes: the directory new days are built in (and old ones wait), the data
+/// directory paths are named relative to, and the merged file's name.
+struct Target<'a> {
+    aside_root: &'a Path,
+    data_dir: &'a Path,
+    name: String,
+}
+
 /// Merge `parts` of partition `p` into one file and exchange the directory.
+#[allow(clippy::too_many_arguments)]
 fn compact(
-    data_dir: &Path,
+    target: &Target<'_>,
     p: &Partition,
     parts: &[(PathBuf, i64, u64)],
     row_group_rows: usize,
@@ -245,14 +360,13 @@ fn compact(
     report: &mut CompactionReport,
 ) -> io::Result<()> {
     let started = std::time::Instant::now();
-    let rel = p.dir.strip_prefix(data_dir).unwrap_or(&p.dir);
-    let aside_root = data_dir.join(layout::STATE).join(DIR);
+    let rel = p.dir.strip_prefix(target.data_dir).unwrap_or(&p.dir);
+    let aside_root = target.aside_root;
     let aside = aside_root.join(rel.to_string_lossy().replace('/', "-"));
     std::fs::create_dir_all(&aside)?;
 
-    let first_ts = parts.iter().map(|(_, ts, _)| *ts).min().unwrap_or(0);
     let seq = parts.iter().map(|(_, _, seq)| *seq).max().unwrap_or(0);
-    let out = aside.join(layout::part_name(first_ts, seq));
+    let out = aside.join(&target.name);
     let inputs: Vec<PathBuf> = parts.iter().map(|(path, _, _)| path.clone()).collect();
     let rows = merge_all(&inputs, &out, &aside, &p.kind, seq, row_group_rows, stopping)?;
     sync_dir(&aside)?;
@@ -260,8 +374,8 @@ fn compact(
     let exchanged = {
         let _readers = locks.readers.blocking_write();
         let _writers = locks.writers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        // Parts written since the listing stay: linked into the new directory.
-        for (path, _, _) in layout::parts(&p.dir) {
+        // Files written since the listing stay: linked into the new directory.
+        for path in layout::parquet_files(&p.dir) {
             if !inputs.contains(&path)
                 && let Some(name) = path.file_name()
             {
@@ -280,13 +394,13 @@ fn compact(
     if let Some(parent) = p.dir.parent() {
         sync_dir(parent)?;
     }
-    sync_dir(&aside_root)?;
+    sync_dir(aside_root)?;
     let bytes_in: u64 = inputs
         .iter()
         .filter_map(|p| std::fs::metadata(p.file_name().map(|n| aside.join(n))?).ok())
         .map(|m| m.len())
         .sum();
-    let bytes_out = std::fs::metadata(p.dir.join(layout::part_name(first_ts, seq)))?.len();
+    let bytes_out = std::fs::metadata(p.dir.join(&target.name))?.len();
     tracing::info!(
         partition = %rel.display(),
         parts = inputs.len(),

@@ -16,7 +16,7 @@
 
 mod checkpoint;
 mod codec;
-mod compact;
+pub mod compact;
 mod config;
 pub mod files;
 pub mod layout;
@@ -31,7 +31,7 @@ pub mod window;
 mod writer;
 
 pub use codec::Malformed;
-pub use compact::CompactionReport;
+pub use compact::{CompactionReport, FileLocks};
 pub use config::{Retention, StoreConfig};
 pub use metrics::StoreMetrics;
 pub use outbox::{Outbox, OutboxConfig, OutboxRecovery};

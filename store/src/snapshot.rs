@@ -60,6 +60,12 @@ pub struct StoreReader {
 #[derive(Debug)]
 pub struct FilesGuard(#[allow(dead_code)] OwnedRwLockReadGuard<()>);
 
+impl FilesGuard {
+    pub(crate) fn new(guard: OwnedRwLockReadGuard<()>) -> Self {
+        FilesGuard(guard)
+    }
+}
+
 impl StoreReader {
     /// The window sizes the store keeps, in ns, finest first.
     pub fn sizes(&self) -> &[i64] {

@@ -211,7 +211,6 @@ impl ParquetSink {
 
     fn write_gap(&self, origin: &Origin, seq: u64, gap: &Gap) -> io::Result<()> {
         let dir = self.root.join("gaps").join(format!("gateway={}", origin.gateway));
-        std::fs::create_dir_all(&dir)?;
         let dropped = gap.dropped.unwrap_or_default();
         let record = serde_json::json!({
             "gateway": origin.gateway,
@@ -225,12 +224,7 @@ impl ParquetSink {
             "reason": gap.reason,
         });
         let name = format!("gap-{}-{seq:020}.json", origin.outbox);
-        let tmp = dir.join(format!("{name}.tmp"));
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(format!("{record}\n").as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, dir.join(name))?;
-        fieldgate_store::wal::sync_dir(&dir)
+        fieldgate_store::state::write_atomic(&dir, &name, &[format!("{record}\n").as_bytes()], false)
     }
 }
 
@@ -343,12 +337,7 @@ impl Collector {
 
     fn authorize(&self, gateway: &str, request: &Request<Streaming<UpstreamMessage>>) -> Result<(), Status> {
         let Some(tokens) = &self.tokens else { return Ok(()) };
-        let given = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::as_bytes)
+        let given = crate::grpc::bearer(request.metadata())
             .ok_or_else(|| Status::unauthenticated("the collector needs `authorization: Bearer <token>`"))?;
         match tokens.get(gateway) {
             Some(expected) if crate::grpc::constant_time_eq(given, expected) => Ok(()),
@@ -561,15 +550,8 @@ pub async fn serve(
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)));
     let secure = tls.is_some();
-    if let Some(tls) = tls {
-        use tonic::transport::{Certificate, Identity, ServerTlsConfig};
-        let mut config = ServerTlsConfig::new()
-            .identity(Identity::from_pem(&tls.cert, &tls.key))
-            .timeout(crate::grpc::TLS_HANDSHAKE_TIMEOUT);
-        if let Some(ca) = &tls.client_ca {
-            config = config.client_ca_root(Certificate::from_pem(ca));
-        }
-        builder = builder.tls_config(config)?;
+    if let Some(tls) = &tls {
+        builder = builder.tls_config(crate::grpc::server_tls(tls))?;
     }
     tracing::info!(%addr, %http_addr, data_dir = %data_dir.display(), tls = secure, tokens = tokens.is_some(), "collector listening");
     // Finished days are compacted in the background, as on a gateway.

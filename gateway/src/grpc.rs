@@ -69,18 +69,17 @@ pub(crate) struct Auth {
 impl Auth {
     pub(crate) fn check(&self, request: Request<()>) -> Result<Request<()>, Status> {
         let Some(expected) = &self.expected else { return Ok(request) };
-        let given = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::as_bytes);
-        match given {
+        match bearer(request.metadata()) {
             Some(given) if constant_time_eq(given, expected) => Ok(request),
             Some(_) => Err(Status::unauthenticated("the bearer token is not valid")),
             None => Err(Status::unauthenticated("this gateway needs `authorization: Bearer <token>`")),
         }
     }
+}
+
+/// The token of an `authorization: Bearer <token>` header, if there is one.
+pub(crate) fn bearer(metadata: &tonic::metadata::MetadataMap) -> Option<&[u8]> {
+    metadata.get("authorization")?.to_str().ok()?.strip_prefix("Bearer ").map(str::as_bytes)
 }
 
 pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -122,15 +121,8 @@ pub async fn serve(
     let reflection =
         tonic::service::interceptor::InterceptedService::new(reflection, move |r| check_reflection.check(r));
     let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = tls {
-        use tonic::transport::{Certificate, Identity, ServerTlsConfig};
-        let mut config = ServerTlsConfig::new()
-            .identity(Identity::from_pem(&tls.cert, &tls.key))
-            .timeout(TLS_HANDSHAKE_TIMEOUT);
-        if let Some(ca) = &tls.client_ca {
-            config = config.client_ca_root(Certificate::from_pem(ca));
-        }
-        builder = builder.tls_config(config)?;
+    if let Some(tls) = &tls {
+        builder = builder.tls_config(server_tls(tls))?;
     }
     let server = builder
         .add_service(health_service)
@@ -152,6 +144,19 @@ pub async fn serve(
             tracing::info!(grace = ?SHUTDOWN_GRACE, "gRPC clients still connected at shutdown were dropped");
             Ok(())
         }
+    }
+}
+
+/// The TLS settings of a gRPC server (the gateway's API, the collector): its identity, and the
+/// CA client certificates must chain to, if any.
+pub(crate) fn server_tls(tls: &GrpcTls) -> tonic::transport::ServerTlsConfig {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let config = ServerTlsConfig::new()
+        .identity(Identity::from_pem(&tls.cert, &tls.key))
+        .timeout(TLS_HANDSHAKE_TIMEOUT);
+    match &tls.client_ca {
+        Some(ca) => config.client_ca_root(Certificate::from_pem(ca)),
+        None => config,
     }
 }
 

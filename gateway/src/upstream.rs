@@ -229,7 +229,9 @@ pub async fn run(
     link: watch::Sender<LinkState>,
     shutdown: CancellationToken,
 ) {
-    let mut failures = 0u32;
+    // Full jitter: a fleet that lost the collector together does not return together.
+    let mut backoff =
+        fieldgate_adapters::backoff::Backoff::new(settings.reconnect_min, settings.reconnect_max);
     let mut pacer = Pacer { rate: settings.max_rate, next: Instant::now() };
     loop {
         link.send_replace(LinkState::Connecting(format!("connecting to {}", settings.endpoint)));
@@ -243,16 +245,9 @@ pub async fn run(
         let Err(ended) = ended else { return };
         metrics.disconnects.get_or_create(&ReasonLabels { reason: ended.reason() }).inc();
         if welcomed {
-            failures = 0;
+            backoff.reset();
         }
-        let ceiling = settings
-            .reconnect_min
-            .saturating_mul(1 << failures.min(16))
-            .min(settings.reconnect_max)
-            .max(settings.reconnect_min);
-        failures = failures.saturating_add(1);
-        // Full jitter: a fleet that lost the collector together does not return together.
-        let wait = ceiling.mul_f64(jitter());
+        let wait = backoff.next_delay();
         tracing::warn!(endpoint = %settings.endpoint, error = %ended, retry_in = ?wait, "upstream stream down; the outbox keeps everything");
         link.send_replace(LinkState::Down(format!("{ended}; retrying in {:.1} s", wait.as_secs_f64())));
         tokio::select! {
@@ -260,14 +255,6 @@ pub async fn run(
             () = tokio::time::sleep(wait) => {}
         }
     }
-}
-
-/// A number in [0, 1) that differs between gateways and attempts.
-fn jitter() -> f64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_i64(fieldgate_proto::Timestamp::now().as_nanos());
-    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 fn lock(outbox: &SharedOutbox) -> std::sync::MutexGuard<'_, fieldgate_store::Outbox> {

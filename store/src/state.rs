@@ -24,7 +24,7 @@ pub fn replace_private(data_dir: &Path, name: &str, bytes: &[u8]) -> io::Result<
 
 /// Write `parts` as the file `dir/name` crash-safely: a temporary `name.tmp` written and
 /// fsync'd, renamed over the old file, and the directory fsync'd.
-pub(crate) fn write_atomic(dir: &Path, name: &str, parts: &[&[u8]], private: bool) -> io::Result<()> {
+pub fn write_atomic(dir: &Path, name: &str, parts: &[&[u8]], private: bool) -> io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::create_dir_all(dir)?;
     let tmp = dir.join(format!("{name}.tmp"));

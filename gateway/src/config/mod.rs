@@ -235,7 +235,14 @@ impl Validator {
                 raw.batch_bytes.0
             },
         });
-        let token = raw.token.and_then(|t| self.token("upstream.token", t, env));
+        let token = raw.token.and_then(|t| self.token("upstream.token", t, env)).filter(|t| {
+            // It travels in an HTTP header: caught here, not at every connection attempt.
+            let printable = t.expose().bytes().all(|b| b.is_ascii_graphic());
+            if !printable {
+                self.problem("upstream.token", "the token must be printable ASCII without spaces");
+            }
+            printable
+        });
         let tls = raw.tls.and_then(|t| {
             let ca = self.read_file("upstream.tls.ca_file", base, &t.ca_file)?;
             let identity = match (&t.cert_file, &t.key_file) {

@@ -645,3 +645,41 @@ dev_addr = "26011f3a"
         ]
     );
 }
+
+#[test]
+fn upstream_turns_the_outbox_on_and_its_mistakes_are_located() {
+    let file = std::path::Path::new("/etc/fieldgate/fieldgate.toml");
+    let ok = "[gateway]\nid = \"farm\"\n\n[upstream]\nendpoint = \"http://collector:50052\"\n";
+    let config = Config::parse(ok, file, &no_env).unwrap();
+    let outbox = config.store.outbox.expect("[upstream] keeps an outbox");
+    // All of the default store windows but the finest.
+    assert_eq!(outbox.windows, vec![Duration::from_secs(60), Duration::from_secs(900)]);
+    let up = config.upstream.unwrap();
+    assert_eq!((up.gateway_id.as_str(), up.max_in_flight, up.compression), ("farm", 8, true));
+    assert!(Config::parse("[gateway]\nid = \"farm\"\n", file, &no_env).unwrap().store.outbox.is_none());
+
+    let src = "[gateway]\nid = \"farm\"\n\n[upstream]\nendpoint = \"collector:50052\"\nwindows = [\"1m\", \"5m\"]\ntoken = \"two words\"\nbatch_size = 10\n";
+    let texts: Vec<String> = located(src).iter().map(|(l, _, t)| format!("{l}: {t}")).collect();
+    assert_eq!(texts.len(), 4, "every problem at once: {texts:#?}");
+    assert!(texts[3].starts_with("8: unknown key `batch_size`"), "{texts:#?}");
+    assert_eq!(
+        texts[..3],
+        [
+            "5: upstream.endpoint: `collector:50052` is not like \"http://host:50052\" or \"https://host:50052\"".to_owned(),
+            "6: upstream.windows[1]: 5m is not one of store.windows".to_owned(),
+            "7: upstream.token: the token must be printable ASCII without spaces".to_owned(),
+        ]
+    );
+    let texts: Vec<String> =
+        located("[gateway]\nid = \"farm\"\n\n[upstream]\nendpoint = \"https://collector:50052\"\n")
+            .iter()
+            .map(|(l, _, t)| format!("{l}: {t}"))
+            .collect();
+    assert_eq!(
+        texts,
+        vec![
+            "5: upstream.endpoint: an https endpoint needs [upstream.tls] with the collector's `ca_file`"
+                .to_owned()
+        ]
+    );
+}

@@ -581,6 +581,7 @@ pub async fn serve(
         live: None,
         configured: std::collections::BTreeMap::new(),
         gaps: crate::query::GapSource::Collector(data_dir.to_owned()),
+        fleet: None,
     };
     let auth = crate::grpc::Auth { expected: query_token.map(Arc::new) };
     let queries =

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod collector;
 pub mod commands;
 pub mod config;
+pub mod coordination;
 pub mod deadline;
 pub mod grpc;
 pub mod health;

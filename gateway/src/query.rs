@@ -39,6 +39,8 @@ pub struct Queries {
     /// Devices in the config file, with their protocol.
     pub configured: BTreeMap<DeviceId, Source>,
     pub gaps: GapSource,
+    /// The harvest coordinator's latest plan; `None` when `[coordination]` is not configured.
+    pub fleet: Option<crate::coordination::FleetView>,
 }
 
 /// Where the Gaps RPC looks.
@@ -400,12 +402,19 @@ impl QueryService for Queries {
         if self.live.is_none() {
             return Err(no_live_state());
         }
-        // No harvest coordination runs on this gateway yet: an empty fleet, said so.
-        Ok(Response::new(FleetResponse {
+        let empty = |warning: &str| FleetResponse {
             as_of: Some(Timestamp::now().into()),
             machines: Vec::new(),
             assignments: Vec::new(),
-            warnings: vec!["no harvest coordination is configured on this gateway".to_owned()],
+            warnings: vec![warning.to_owned()],
+        };
+        Ok(Response::new(match &self.fleet {
+            None => {
+                empty("no harvest coordination is configured on this gateway: add a [coordination] section")
+            }
+            Some(view) => {
+                view.get().unwrap_or_else(|| empty("harvest coordination has not made its first plan yet"))
+            }
         }))
     }
 }

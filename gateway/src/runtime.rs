@@ -294,9 +294,15 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         live: Some(live.clone()),
         configured,
         gaps,
+        fleet: config.coordination.as_ref().map(|_| crate::coordination::FleetView::default()),
     };
     let dispatcher =
         Arc::new(Dispatcher::new(live.clone(), mqtt_commands, modbus_writes, lorawan_commands, metrics));
+    if let (Some(settings), Some(view)) = (config.coordination.clone(), queries.fleet.clone()) {
+        let (live, commands, stop) = (live.clone(), dispatcher.clone(), shutdown.clone());
+        running
+            .spawn("coordination", crate::coordination::service::run(settings, live, commands, view, stop));
+    }
     if let Some(grpc) = config.grpc.clone() {
         let bind_error = |source| RunError::Bind { what: "the gRPC API", addr: grpc.listen, source };
         let listener = tokio::net::TcpListener::bind(grpc.listen).await.map_err(bind_error)?;
@@ -629,6 +635,7 @@ mod tests {
             modbus: Vec::new(),
             lorawan: None,
             upstream: None,
+            coordination: None,
         }
     }
 

@@ -47,6 +47,8 @@ pub struct Config {
     pub lorawan: Option<LorawanConfig>,
     /// Forwarding to a collector; `None` without an `[upstream]` section.
     pub upstream: Option<crate::upstream::UpstreamSettings>,
+    /// Harvest coordination; `None` without a `[coordination]` section.
+    pub coordination: Option<crate::coordination::CoordinationSettings>,
 }
 
 /// MQTT: the broker, and where commands go.
@@ -174,6 +176,7 @@ impl Validator {
         let grpc = self.grpc(raw.grpc, env, base);
         let modbus = self.modbus(raw.modbus);
         let lorawan = self.lorawan(raw.lorawan, env);
+        let coordination = raw.coordination.map(|c| self.coordination(c));
         Config {
             gateway,
             http: HttpConfig { listen: self.address("http.listen", &raw.http.listen) },
@@ -183,7 +186,87 @@ impl Validator {
             modbus,
             lorawan,
             upstream,
+            coordination,
         }
+    }
+
+    /// `[coordination]`: the policy and the fleet.
+    fn coordination(&mut self, raw: raw::RawCoordination) -> crate::coordination::CoordinationSettings {
+        use crate::coordination::{MachineSpec, PolicyKind, Role};
+        const S: Duration = Duration::from_secs(1);
+        let policy = PolicyKind::parse(&raw.policy).unwrap_or_else(|| {
+            let names: Vec<&str> = PolicyKind::ALL.iter().map(|k| k.as_str()).collect();
+            self.problem(
+                "coordination.policy",
+                format!("`{}` is not one of {}", raw.policy, names.join(", ")),
+            );
+            PolicyKind::Dispatcher
+        });
+        let interval = self.duration("coordination.interval", raw.interval, S, Duration::from_secs(300));
+        let stale_after =
+            self.duration("coordination.stale_after", raw.stale_after, S, Duration::from_secs(3600));
+        let sync = self.duration("coordination.sync", raw.sync, Duration::ZERO, Duration::from_secs(600));
+        let origin = raw.origin.map(|o| {
+            if !(-90.0..=90.0).contains(&o.lat) || !(-180.0..=180.0).contains(&o.lon) {
+                self.problem(
+                    "coordination.origin",
+                    format!("({}, {}) is not a latitude and longitude", o.lat, o.lon),
+                );
+            }
+            crate::coordination::track::GeoOrigin { lat: o.lat, lon: o.lon }
+        });
+        let mut machines = Vec::new();
+        for (i, m) in raw.machine.into_iter().enumerate() {
+            let path = format!("coordination.machine[{i}]");
+            let Some(device) = self.device_id(&format!("{path}.device"), &m.device) else { continue };
+            if machines.iter().any(|s: &MachineSpec| s.device == device) {
+                self.problem(&format!("{path}.device"), format!("`{device}` is listed twice"));
+            }
+            let role = match m.role.as_str() {
+                "combine" => Role::Combine,
+                "cart" => Role::Cart,
+                "truck" => Role::Truck,
+                other => {
+                    self.problem(
+                        &format!("{path}.role"),
+                        format!("`{other}` is not one of combine, cart, truck"),
+                    );
+                    continue;
+                }
+            };
+            let mut positive = |key: &str, v: f64| {
+                if !(v.is_finite() && v > 0.0) {
+                    self.problem(&format!("{path}.{key}"), format!("must be a positive number, got {v}"));
+                }
+                v
+            };
+            let capacity_kg = positive("capacity_kg", m.capacity_kg);
+            // Defaults from FIELD-NOTES: a combine empties ~134 L/s of wheat, a cart augers
+            // 12 t/min and drives 15/10 km/h empty/loaded.
+            let unload_kg_s = positive(
+                "unload_kg_s",
+                m.unload_kg_s.unwrap_or(if role == Role::Combine { 103.0 } else { 200.0 }),
+            );
+            let speed_empty_kmh = positive("speed_empty_kmh", m.speed_empty_kmh.unwrap_or(15.0));
+            let speed_loaded_kmh = positive("speed_loaded_kmh", m.speed_loaded_kmh.unwrap_or(10.0));
+            let load_from = m.load_from.and_then(|l| {
+                let d = self.device_id(&format!("{path}.load_from.device"), &l.device)?;
+                Some((d, l.metric))
+            });
+            machines.push(MachineSpec {
+                device,
+                role,
+                capacity_kg,
+                unload_kg_s,
+                speed_empty_kmh,
+                speed_loaded_kmh,
+                load_from,
+            });
+        }
+        if machines.is_empty() {
+            self.problem("coordination", "lists no machines: add [[coordination.machine]] sections");
+        }
+        crate::coordination::CoordinationSettings { policy, interval, stale_after, sync, origin, machines }
     }
 
     /// `[upstream]`: the forwarder's settings, and the store's outbox they imply.
@@ -991,6 +1074,10 @@ impl Validator {
             timestamp_unit,
             max_payload,
         })
+    }
+
+    fn device_id(&mut self, path: &str, name: &str) -> Option<DeviceId> {
+        DeviceId::new(name).map_err(|e| self.problem(path, e.to_string())).ok()
     }
 
     fn count(&mut self, path: &str, v: usize, min: usize, max: usize) -> usize {

@@ -24,6 +24,65 @@ pub(crate) struct RawConfig {
     pub(crate) modbus: RawModbus,
     pub(crate) lorawan: Option<super::lorawan::RawLorawan>,
     pub(crate) upstream: Option<RawUpstream>,
+    pub(crate) coordination: Option<RawCoordination>,
+}
+
+/// `[coordination]`: harvest coordination of combines, grain carts and trucks.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCoordination {
+    #[serde(default = "default_policy")]
+    pub(crate) policy: String,
+    #[serde(default = "default_plan_interval")]
+    pub(crate) interval: HumanDuration,
+    #[serde(default = "default_stale_after")]
+    pub(crate) stale_after: HumanDuration,
+    #[serde(default = "default_sync")]
+    pub(crate) sync: HumanDuration,
+    /// The staging area in degrees, for machines that report `lat`/`lon`.
+    pub(crate) origin: Option<RawGeo>,
+    #[serde(default)]
+    pub(crate) machine: Vec<RawMachine>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawGeo {
+    pub(crate) lat: f64,
+    pub(crate) lon: f64,
+}
+
+/// `[[coordination.machine]]`: one combine, cart or truck.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMachine {
+    pub(crate) device: String,
+    pub(crate) role: String,
+    pub(crate) capacity_kg: f64,
+    pub(crate) unload_kg_s: Option<f64>,
+    pub(crate) speed_empty_kmh: Option<f64>,
+    pub(crate) speed_loaded_kmh: Option<f64>,
+    pub(crate) load_from: Option<RawLoadFrom>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLoadFrom {
+    pub(crate) device: String,
+    pub(crate) metric: String,
+}
+
+fn default_policy() -> String {
+    "dispatcher".to_owned()
+}
+fn default_plan_interval() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5))
+}
+fn default_stale_after() -> HumanDuration {
+    HumanDuration(Duration::from_secs(60))
+}
+fn default_sync() -> HumanDuration {
+    HumanDuration(Duration::from_secs(20))
 }
 
 /// `[upstream]`: forward closed rollup windows to a collector.

@@ -81,6 +81,30 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// Run a harvest live against a gateway: machines publish telemetry over MQTT to its
+    /// broker and follow the instructions it sends back; prints the score at the end. With
+    /// `--gateway-config FILE`, write the gateway's `[coordination]` section for this run and
+    /// exit.
+    Run {
+        #[arg(long, default_value = "b1")]
+        scenario: String,
+        /// The gateway's MQTT broker.
+        #[arg(long, default_value = "127.0.0.1:1883")]
+        mqtt: std::net::SocketAddr,
+        /// Virtual seconds per real second.
+        #[arg(long, default_value_t = 10.0)]
+        speed: f64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Stop after this much virtual time (default: the scenario's shift).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<std::time::Duration>,
+        #[arg(long)]
+        gateway_config: Option<std::path::PathBuf>,
+        /// The policy written into that config.
+        #[arg(long, default_value = "dispatcher")]
+        policy: String,
+    },
 }
 
 fn main() -> std::io::Result<()> {
@@ -91,6 +115,35 @@ fn main() -> std::io::Result<()> {
     }
     match cli.command {
         Command::Score { scenario, policy, seeds, seed } => score(&scenario, &policy, seeds, seed),
+        Command::Run { scenario, mqtt, speed, seed, duration, gateway_config, policy } => {
+            let scenario =
+                field_sim::harvest::scenario::Scenario::load(&scenario).map_err(std::io::Error::other)?;
+            if !(speed.is_finite() && speed > 0.0) {
+                return Err(std::io::Error::other(format!("--speed must be a positive number, got {speed}")));
+            }
+            if let Some(path) = gateway_config {
+                return std::fs::write(path, scenario.coordination_config(&policy, speed));
+            }
+            let limit = duration.unwrap_or(scenario.shift).as_secs_f64();
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let summary =
+                runtime.block_on(field_sim::harvest::live::run(scenario, mqtt, speed, seed, limit))?;
+            print!("{}", field_sim::harvest::score::table("live run", std::slice::from_ref(&summary.score)));
+            println!(
+                "{}",
+                serde_json::json!({
+                    "virtual_s": summary.virtual_s,
+                    "published": summary.published,
+                    "instructions": summary.instructions,
+                    "cart_instructions": summary.cart_instructions,
+                    "unreadable": summary.unreadable,
+                    "unloads": summary.score.lateness_s.len(),
+                    "harvested_t": summary.score.harvested_t,
+                    "idle_fraction": summary.score.idle_fraction,
+                })
+            );
+            Ok(())
+        }
         Command::Modbus { bins, tanks, weather, listen, speed, seed, gateway_config, poll } => {
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             runtime.block_on(serve_modbus(bins, tanks, weather, listen, speed, seed, gateway_config, &poll))

@@ -147,50 +147,44 @@ impl Scenario {
         self.cart.auger_t_min * 1000.0 / 60.0
     }
 
-    /// The machines as the gateway's `[[coordination.machine]]` sections, and `[coordination]`.
-    pub fn coordination_config(&self, policy: &str) -> String {
+    /// The gateway's `[coordination]` section and its `[[coordination.machine]]`s for this
+    /// fleet, for a live run at `speed` times real time: rates and speeds are scaled to real
+    /// seconds, as the gateway sees the simulated machines.
+    pub fn coordination_config(&self, policy: &str, speed: f64) -> String {
+        let secs = |virtual_s: f64| format!("{}ms", (virtual_s / speed * 1000.0).round().max(100.0));
         let mut out = format!(
-            "[coordination]\npolicy = \"{policy}\"\ninterval = \"{}s\"\nsync = \"{}s\"\norigin = {{ lat = {}, lon = {} }}\n",
-            self.telemetry_interval.as_secs().max(1),
-            self.cart.sync_s,
+            "[coordination]\npolicy = \"{policy}\"\ninterval = \"{}\"\nstale_after = \"{}\"\nsync = \"{}\"\norigin = {{ lat = {}, lon = {} }}\n",
+            secs(self.telemetry_interval.as_secs_f64()),
+            secs(60.0),
+            secs(self.cart.sync_s),
             self.field.origin.lat,
             self.field.origin.lon
         );
-        for (device, role, capacity, extra) in self.machines() {
-            out.push_str(&format!(
-                "\n[[coordination.machine]]\ndevice = \"{device}\"\nrole = \"{role}\"\ncapacity_kg = {capacity:.0}\n{extra}"
-            ));
-        }
-        out
-    }
-
-    /// (device, role, capacity kg, extra config lines) of every machine.
-    pub fn machines(&self) -> Vec<(String, &'static str, f64, String)> {
-        let mut out = Vec::new();
         for i in 1..=self.combine.count {
-            out.push((
+            out.push_str(&format!(
+                "\n[[coordination.machine]]\ndevice = \"{}\"\nrole = \"combine\"\ncapacity_kg = {:.0}\nunload_kg_s = {:.1}\n",
                 combine_id(i),
-                "combine",
                 self.tank_kg(),
-                format!("unload_kg_s = {:.1}\n", self.combine_unload_kg_s()),
+                self.combine_unload_kg_s() * speed
             ));
         }
         for i in 1..=self.cart.count {
-            out.push((
+            out.push_str(&format!(
+                "\n[[coordination.machine]]\ndevice = \"{}\"\nrole = \"cart\"\ncapacity_kg = {:.0}\nunload_kg_s = {:.1}\nspeed_empty_kmh = {}\nspeed_loaded_kmh = {}\nload_from = {{ device = \"{}\", metric = \"weight_kg\" }}\n",
                 cart_id(i),
-                "cart",
                 self.cart.capacity_t * 1000.0,
-                format!(
-                    "unload_kg_s = {:.1}\nspeed_empty_kmh = {}\nspeed_loaded_kmh = {}\nload_from = {{ device = \"{}\", metric = \"weight_kg\" }}\n",
-                    self.cart_auger_kg_s(),
-                    self.cart.speed_empty_kmh,
-                    self.cart.speed_loaded_kmh,
-                    scale_id(i)
-                ),
+                self.cart_auger_kg_s() * speed,
+                self.cart.speed_empty_kmh * speed,
+                self.cart.speed_loaded_kmh * speed,
+                scale_id(i)
             ));
         }
         for i in 1..=self.truck.count {
-            out.push((truck_id(i), "truck", self.truck.capacity_t * 1000.0, String::new()));
+            out.push_str(&format!(
+                "\n[[coordination.machine]]\ndevice = \"{}\"\nrole = \"truck\"\ncapacity_kg = {:.0}\n",
+                truck_id(i),
+                self.truck.capacity_t * 1000.0
+            ));
         }
         out
     }

@@ -125,13 +125,18 @@ pub fn run(scenario: &Scenario, kind: PolicyKind, seed: u64) -> Score {
         tick += 1;
     }
     let mut score = measure(&world, instructions);
-    let bound = bound_rate(scenario, seed);
-    score.bound_ratio = if bound > 0.0 { score.tonnes_per_hour / bound } else { 0.0 };
+    score.bound_ratio = bound_ratio(scenario, seed, score.tonnes_per_hour);
     score.warnings = warnings
         .into_values()
         .map(|(w, n)| format!("{w} (in {:.0} % of plans)", 100.0 * n as f64 / plans.max(1) as f64))
         .collect();
     score
+}
+
+/// `tonnes_per_hour` over the t/h of the same day with unlimited instant receivers.
+pub fn bound_ratio(scenario: &Scenario, seed: u64, tonnes_per_hour: f64) -> f64 {
+    let bound = bound_rate(scenario, seed);
+    if bound > 0.0 { tonnes_per_hour / bound } else { 0.0 }
 }
 
 /// t/h of the same day when every tank empties itself where it fills.
@@ -143,7 +148,8 @@ fn bound_rate(scenario: &Scenario, seed: u64) -> f64 {
     measure(&world, 0).tonnes_per_hour
 }
 
-fn measure(world: &World, instructions: usize) -> Score {
+/// The figures of a finished (or stopped) world; `instructions`: those sent to carts.
+pub fn measure(world: &World, instructions: usize) -> Score {
     let end = world.t_s;
     let spans: Vec<f64> = world.combines.iter().map(|c| c.done_at.unwrap_or(end)).collect();
     let harvest_s = spans.iter().copied().fold(0.0, f64::max).max(1.0);

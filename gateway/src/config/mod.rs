@@ -193,7 +193,8 @@ impl Validator {
     /// `[coordination]`: the policy and the fleet.
     fn coordination(&mut self, raw: raw::RawCoordination) -> crate::coordination::CoordinationSettings {
         use crate::coordination::{MachineSpec, PolicyKind, Role};
-        const S: Duration = Duration::from_secs(1);
+        // Sub-second plans are for simulated harvests run faster than real time.
+        const S: Duration = Duration::from_millis(100);
         let policy = PolicyKind::parse(&raw.policy).unwrap_or_else(|| {
             let names: Vec<&str> = PolicyKind::ALL.iter().map(|k| k.as_str()).collect();
             self.problem(

@@ -683,3 +683,32 @@ fn upstream_turns_the_outbox_on_and_its_mistakes_are_located() {
         ]
     );
 }
+
+#[test]
+fn coordination_reads_its_fleet_and_its_mistakes_are_located() {
+    let file = std::path::Path::new("/etc/fieldgate/fieldgate.toml");
+    let ok = "[gateway]\nid = \"farm\"\n\n[coordination]\n\n[[coordination.machine]]\ndevice = \"combine-1\"\nrole = \"combine\"\ncapacity_kg = 10857\n\n[[coordination.machine]]\ndevice = \"cart-1\"\nrole = \"cart\"\ncapacity_kg = 30000\nload_from = { device = \"cart-1-scale\", metric = \"weight_kg\" }\n";
+    let c = Config::parse(ok, file, &no_env).unwrap().coordination.expect("configured");
+    assert_eq!(c.policy, crate::coordination::PolicyKind::Dispatcher);
+    assert_eq!((c.interval, c.sync), (Duration::from_secs(5), Duration::from_secs(20)));
+    assert_eq!(c.machines.len(), 2);
+    assert_eq!(c.machines[0].unload_kg_s, 103.0, "a combine's default auger");
+    assert_eq!(
+        c.machines[1].load_from.as_ref().map(|(d, m)| (d.as_str(), m.as_str())),
+        Some(("cart-1-scale", "weight_kg"))
+    );
+
+    let src = "[gateway]\nid = \"farm\"\n\n[coordination]\npolicy = \"fastest\"\n\n[[coordination.machine]]\ndevice = \"combine-1\"\nrole = \"harvester\"\ncapacity_kg = 10857\n\n[[coordination.machine]]\ndevice = \"cart-1\"\nrole = \"cart\"\ncapacity_kg = -1\nspeed = 15\n";
+    let texts: Vec<String> = located(src).iter().map(|(l, _, t)| format!("{l}: {t}")).collect();
+    assert_eq!(texts.len(), 4, "every problem at once: {texts:#?}");
+    assert_eq!(
+        texts[0],
+        "5: coordination.policy: `fastest` is not one of stop_and_call, nearest_idle, dispatcher"
+    );
+    assert_eq!(texts[1], "9: coordination.machine[0].role: `harvester` is not one of combine, cart, truck");
+    assert!(
+        texts[2].starts_with("15: coordination.machine[1].capacity_kg: must be a positive number"),
+        "{texts:#?}"
+    );
+    assert!(texts[3].starts_with("16: unknown key `speed`"), "{texts:#?}");
+}

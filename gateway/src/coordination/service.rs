@@ -55,38 +55,33 @@ impl FleetView {
 /// The plan as the `Fleet` call answers it.
 pub fn to_proto(fleet: &FleetState, plan: &Plan, now: Timestamp) -> v1::FleetResponse {
     let mut machines = Vec::new();
+    let machine =
+        |id: &DeviceId, role: v1::Role, load_kg: f64, capacity_kg: f64, state: String, seen: Timestamp| {
+            v1::Machine {
+                device: id.to_string(),
+                role: role as i32,
+                fill_fraction: load_kg / capacity_kg.max(1.0),
+                capacity_kg,
+                state,
+                full_at: None,
+                last_seen: Some(seen.into()),
+            }
+        };
     for c in &fleet.combines {
+        let state = snake(&format!("{:?}", c.activity));
+        let full_at = c.full_at(now).map(Into::into);
         machines.push(v1::Machine {
-            device: c.id.to_string(),
-            role: v1::Role::Combine as i32,
-            fill_fraction: c.fill_kg / c.capacity_kg.max(1.0),
-            capacity_kg: c.capacity_kg,
-            state: format!("{:?}", c.activity).to_lowercase(),
-            full_at: c.full_at(now).map(Into::into),
-            last_seen: Some(c.seen.into()),
+            full_at,
+            ..machine(&c.id, v1::Role::Combine, c.fill_kg, c.capacity_kg, state, c.seen)
         });
     }
     for c in &fleet.carts {
-        machines.push(v1::Machine {
-            device: c.id.to_string(),
-            role: v1::Role::Cart as i32,
-            fill_fraction: c.load_kg / c.capacity_kg.max(1.0),
-            capacity_kg: c.capacity_kg,
-            state: format!("{:?}", c.activity).to_lowercase(),
-            full_at: None,
-            last_seen: Some(c.seen.into()),
-        });
+        let state = snake(&format!("{:?}", c.activity));
+        machines.push(machine(&c.id, v1::Role::Cart, c.load_kg, c.capacity_kg, state, c.seen));
     }
     for t in &fleet.trucks {
-        machines.push(v1::Machine {
-            device: t.id.to_string(),
-            role: v1::Role::Truck as i32,
-            fill_fraction: t.load_kg / t.capacity_kg.max(1.0),
-            capacity_kg: t.capacity_kg,
-            state: format!("{:?}", t.activity).to_lowercase(),
-            full_at: None,
-            last_seen: Some(t.seen.into()),
-        });
+        let state = snake(&format!("{:?}", t.activity));
+        machines.push(machine(&t.id, v1::Role::Truck, t.load_kg, t.capacity_kg, state, t.seen));
     }
     let assignments = plan
         .assignments
@@ -103,6 +98,18 @@ pub fn to_proto(fleet: &FleetState, plan: &Plan, now: Timestamp) -> v1::FleetRes
         })
         .collect();
     v1::FleetResponse { as_of: Some(now.into()), machines, assignments, warnings: plan.warnings.clone() }
+}
+
+/// `UnloadingOnTheGo` as `unloading_on_the_go`.
+fn snake(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 4);
+    for (i, ch) in name.chars().enumerate() {
+        if ch.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(ch.to_ascii_lowercase());
+    }
+    out
 }
 
 /// Run coordination until `shutdown`.

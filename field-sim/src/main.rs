@@ -80,6 +80,10 @@ enum Command {
         /// The first seed; the run uses `seed..seed + seeds`.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Print every instruction and every late unload (with what each machine was doing)
+        /// to stderr: to see why a combine waited.
+        #[arg(long)]
+        trace: bool,
     },
     /// Run a harvest live against a gateway: machines publish telemetry over MQTT to its
     /// broker and follow the instructions it sends back; prints the score at the end. With
@@ -114,7 +118,9 @@ fn main() -> std::io::Result<()> {
         let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard);
     }
     match cli.command {
-        Command::Score { scenario, policy, seeds, seed } => score(&scenario, &policy, seeds, seed),
+        Command::Score { scenario, policy, seeds, seed, trace } => {
+            score(&scenario, &policy, seeds, seed, trace)
+        }
         Command::Run { scenario, mqtt, speed, seed, duration, gateway_config, policy } => {
             let scenario =
                 field_sim::harvest::scenario::Scenario::load(&scenario).map_err(std::io::Error::other)?;
@@ -209,7 +215,7 @@ async fn serve_modbus(
     Ok(())
 }
 
-fn score(scenario: &str, policy: &str, seeds: u64, first: u64) -> std::io::Result<()> {
+fn score(scenario: &str, policy: &str, seeds: u64, first: u64, trace: bool) -> std::io::Result<()> {
     use field_sim::harvest::{scenario::Scenario, score};
     use fieldgate::coordination::PolicyKind;
     let scenario = Scenario::load(scenario).map_err(std::io::Error::other)?;
@@ -224,8 +230,16 @@ fn score(scenario: &str, policy: &str, seeds: u64, first: u64) -> std::io::Resul
     println!("scenario {}: {}", scenario.name, scenario.description);
     for kind in kinds {
         let started = std::time::Instant::now();
-        let scores: Vec<score::Score> =
-            (first..first + seeds).map(|seed| score::run(&scenario, kind, seed)).collect();
+        let scores: Vec<score::Score> = (first..first + seeds)
+            .map(|seed| {
+                if trace {
+                    eprintln!("{} seed {seed}:", kind.as_str());
+                    score::run_traced(&scenario, kind, seed, &mut |line| eprintln!("{line}"))
+                } else {
+                    score::run(&scenario, kind, seed)
+                }
+            })
+            .collect();
         print!("{}", score::table(kind.as_str(), &scores));
         println!("  ({} simulated shifts in {:.1} s)", scores.len(), started.elapsed().as_secs_f64());
     }

@@ -83,6 +83,11 @@ pub fn at(t_s: f64) -> Timestamp {
 
 /// Run `policy` over one seeded day, offline, as fast as the CPU allows.
 pub fn run(scenario: &Scenario, kind: PolicyKind, seed: u64) -> Score {
+    run_traced(scenario, kind, seed, &mut |_| {})
+}
+
+/// [`run`], calling `trace` with a line for every instruction sent and every late unload.
+pub fn run_traced(scenario: &Scenario, kind: PolicyKind, seed: u64, trace: &mut dyn FnMut(String)) -> Score {
     let mut world = World::new(scenario.clone(), seed, false);
     let mut policy: Box<dyn Policy> = kind.build();
     let mut tracker = tracker(scenario);
@@ -112,6 +117,14 @@ pub fn run(scenario: &Scenario, kind: PolicyKind, seed: u64) -> Score {
                 warnings.entry(kind).or_insert_with(|| (w.clone(), 0)).1 += 1;
             }
             for a in changed(&mut told, &plan) {
+                trace(format!(
+                    "{:>6.0} s  {} {} {} ({})",
+                    world.t_s,
+                    a.device,
+                    a.task.as_str(),
+                    a.target.as_ref().map_or("-", |t| t.as_str()),
+                    a.note
+                ));
                 if world
                     .machine(a.device.as_str())
                     .is_some_and(|m| matches!(m, super::world::Machine::Cart(_)))
@@ -121,8 +134,21 @@ pub fn run(scenario: &Scenario, kind: PolicyKind, seed: u64) -> Score {
                 world.instruct(a.device.as_str(), a.task, a.target.as_ref().map(|t| t.as_str()));
             }
         }
+        let unloads = world.unloads.len();
         world.step();
         tick += 1;
+        for u in &world.unloads[unloads..] {
+            if u.late_s > 0.0 {
+                trace(format!(
+                    "{:>6.0} s  LATE {} s: {} emptied by {}; {}",
+                    u.t_s,
+                    u.late_s,
+                    combine_id(u.combine + 1),
+                    cart_id(u.cart + 1),
+                    world.describe()
+                ));
+            }
+        }
     }
     let mut score = measure(&world, instructions);
     score.bound_ratio = bound_ratio(scenario, seed, score.tonnes_per_hour);
@@ -154,7 +180,7 @@ pub fn measure(world: &World, instructions: usize) -> Score {
     let spans: Vec<f64> = world.combines.iter().map(|c| c.done_at.unwrap_or(end)).collect();
     let harvest_s = spans.iter().copied().fold(0.0, f64::max).max(1.0);
     let idle: f64 = world.combines.iter().map(|c| c.idle_s).sum();
-    let mut lateness = world.lateness_s.clone();
+    let mut lateness: Vec<f64> = world.unloads.iter().map(|u| u.late_s).collect();
     lateness.sort_by(f64::total_cmp);
     let p95 = percentile(&lateness, 0.95);
     let carts = world.carts.len() as f64;

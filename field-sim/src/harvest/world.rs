@@ -117,6 +117,16 @@ pub enum Machine {
     Truck(usize),
 }
 
+/// A cart starting to take a combine's grain.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Unload {
+    pub t_s: f64,
+    pub combine: usize,
+    pub cart: usize,
+    /// Seconds from the tank full to grain flowing; 0 when the cart was in time.
+    pub late_s: f64,
+}
+
 /// One telemetry value: (device, metric, value).
 pub type Sample = (String, &'static str, f64);
 
@@ -131,8 +141,8 @@ pub struct World {
     pub trucks: Vec<TruckSim>,
     pub harvested_kg: f64,
     pub delivered_kg: f64,
-    /// Seconds from full to grain flowing, one per unload.
-    pub lateness_s: Vec<f64>,
+    /// Every unload that started, in order.
+    pub unloads: Vec<Unload>,
     /// Tanks emptied where they fill (the no-wait bound).
     instant_receivers: bool,
     pending: VecDeque<Pending>,
@@ -212,7 +222,7 @@ impl World {
             trucks,
             harvested_kg,
             delivered_kg: 0.0,
-            lateness_s: Vec::new(),
+            unloads: Vec::new(),
             instant_receivers,
             pending: VecDeque::new(),
             yield_seed: rng.random(),
@@ -526,7 +536,7 @@ impl World {
                 } else {
                     let late = self.combines[k].full_since.map_or(0.0, |f| self.t_s - f);
                     if self.combines[k].motion != Motion::Done {
-                        self.lateness_s.push(late);
+                        self.unloads.push(Unload { t_s: self.t_s, combine: k, cart: i, late_s: late });
                     }
                     self.carts[i].doing = CartDoing::Receiving(k);
                 }
@@ -607,6 +617,21 @@ impl World {
             }
             _ => {}
         }
+    }
+
+    /// One line per machine: what it does and carries, for traces.
+    pub fn describe(&self) -> String {
+        let mut out = Vec::new();
+        for (i, c) in self.combines.iter().enumerate() {
+            out.push(format!("{} {:?} {:.1} t", combine_id(i + 1), c.motion, c.fill_kg / 1000.0));
+        }
+        for (i, c) in self.carts.iter().enumerate() {
+            out.push(format!("{} {:?} {:.1} t", cart_id(i + 1), c.doing, c.load_kg / 1000.0));
+        }
+        for (i, t) in self.trucks.iter().enumerate() {
+            out.push(format!("{} {:?} {:.1} t", truck_id(i + 1), t.doing, t.load_kg / 1000.0));
+        }
+        out.join("; ")
     }
 
     /// Whether a telemetry message is lost (the scenario's loss rate, from the world's seed).

@@ -207,6 +207,9 @@ pub struct Assignment {
 pub struct Plan {
     /// One per cart and truck that should act; a machine without one keeps doing what it does.
     pub assignments: Vec<Assignment>,
+    /// Planned next jobs of carts that wait where they are (`hold`, with the next combine):
+    /// shown in the `Fleet` call, not sent, since a waiting operator has nothing to do yet.
+    pub upcoming: Vec<Assignment>,
     /// Things a person should know (a fleet too small, a silent machine).
     pub warnings: Vec<String>,
 }

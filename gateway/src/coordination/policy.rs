@@ -73,17 +73,37 @@ const EMPTY_KG: f64 = 50.0;
 /// A cart unloads when it has less room than this share of the largest tank.
 const ROOM_FOR_TANK: f64 = 0.9;
 
-/// What a policy remembers of its own instructions.
+/// What a policy remembers of its own instructions, and of the trucks' round trips.
 #[derive(Debug, Default, Clone)]
 struct Memory {
     /// The job of each cart and when it was given.
     jobs: HashMap<DeviceId, (Task, Option<DeviceId>, Timestamp)>,
+    /// When each truck away from the staging area was first seen away.
+    trucks_left: HashMap<DeviceId, Timestamp>,
+    /// Smoothed round trip of a truck (staging area, bin, back), once one was seen.
+    trip_s: Option<f64>,
 }
+
+/// A truck's round trip before one has been seen: 5 km each way, 6 min unloading, a queue.
+const DEFAULT_TRIP_S: f64 = 1500.0;
 
 impl Memory {
     /// Forget jobs the carts finished or dropped: a cart back to idle after the grace period
-    /// has done (or abandoned) what it was told.
+    /// has done (or abandoned) what it was told. Learn the trucks' round trips.
     fn settle(&mut self, fleet: &FleetState, now: Timestamp) {
+        for truck in &fleet.trucks {
+            match truck.activity {
+                TruckActivity::Away => {
+                    self.trucks_left.entry(truck.id.clone()).or_insert(now);
+                }
+                TruckActivity::Staging => {
+                    if let Some(left) = self.trucks_left.remove(&truck.id) {
+                        let trip = secs_between(left, now);
+                        self.trip_s = Some(self.trip_s.map_or(trip, |t| t + 0.3 * (trip - t)));
+                    }
+                }
+            }
+        }
         self.jobs.retain(|cart, (task, _, since)| {
             let Some(c) = fleet.carts.iter().find(|c| &c.id == cart) else { return false };
             let acting = match task {
@@ -98,6 +118,22 @@ impl Memory {
             };
             acting || secs_between(*since, now) < GRACE_S
         });
+    }
+
+    /// Seconds until a truck with room is at the staging area: now when one is, else when the
+    /// first one away is expected back.
+    fn truck_ready_s(&self, fleet: &FleetState, now: Timestamp) -> f64 {
+        if truck_for(fleet).is_some() {
+            return 0.0;
+        }
+        let trip = self.trip_s.unwrap_or(DEFAULT_TRIP_S);
+        fleet
+            .trucks
+            .iter()
+            .filter_map(|t| self.trucks_left.get(&t.id))
+            .map(|left| (trip - secs_between(*left, now)).max(0.0))
+            .fold(f64::INFINITY, f64::min)
+            .min(2.0 * trip)
     }
 
     fn serving(&self, combine: &DeviceId) -> Option<&DeviceId> {
@@ -200,7 +236,7 @@ fn truck_assignments(fleet: &FleetState, plan: &mut Plan) {
 }
 
 /// Warnings every policy gives: silent machines, and a fleet too small for the harvest rate.
-fn fleet_warnings(fleet: &FleetState, now: Timestamp, plan: &mut Plan) {
+fn fleet_warnings(fleet: &FleetState, memory: &Memory, now: Timestamp, plan: &mut Plan) {
     for (device, last) in &fleet.silent {
         plan.warnings.push(match last {
             Some(t) => format!("{device} silent for {:.0} s: left out of the plan", secs_between(*t, now)),
@@ -220,6 +256,19 @@ fn fleet_warnings(fleet: &FleetState, now: Timestamp, plan: &mut Plan) {
         plan.warnings.push("no cart reports: nobody can empty the combines".to_owned());
         return;
     }
+    if let Some(trip) = memory.trip_s {
+        let trucks_kg_s: f64 = fleet.trucks.iter().map(|t| t.capacity_kg).sum::<f64>() / trip.max(1.0);
+        if harvest_kg_s > 0.95 * trucks_kg_s {
+            plan.warnings.push(format!(
+                "trucks cannot keep up: {} trucks move about {:.0} t/h (a round trip takes {:.0} min), \
+                 the combines harvest {:.0} t/h; carts will wait for trucks whatever the dispatch",
+                fleet.trucks.len(),
+                trucks_kg_s * 3.6,
+                trip / 60.0,
+                harvest_kg_s * 3.6
+            ));
+        }
+    }
     let carts_kg_s: f64 = fleet.carts.iter().map(|cart| cart_throughput_kg_s(cart, fleet)).sum();
     if harvest_kg_s > 0.95 * carts_kg_s {
         plan.warnings.push(format!(
@@ -238,7 +287,8 @@ fn cart_throughput_kg_s(cart: &Cart, fleet: &FleetState) -> f64 {
     let n = fleet.combines.len().max(1) as f64;
     let distance = fleet.combines.iter().map(|c| c.pos.drive_m(Position::default())).sum::<f64>() / n;
     let tank = largest_tank(fleet).max(1.0);
-    let tanks = (cart.capacity_kg / tank).floor().max(1.0);
+    // Topped up when the next tank would not fit whole, a cart leaves nearly full.
+    let tanks = (cart.capacity_kg / tank).max(1.0);
     let unload_kg_s = fleet.combines.iter().map(|c| c.unload_kg_s).sum::<f64>() / n;
     // From one combine to the next: their mean distance from each other.
     let pairs = fleet.combines.len() * fleet.combines.len().saturating_sub(1);
@@ -333,7 +383,7 @@ impl NearestIdleAt {
             plan.assignments.push(a);
         }
         truck_assignments(fleet, &mut plan);
-        fleet_warnings(fleet, now, &mut plan);
+        fleet_warnings(fleet, &self.memory, now, &mut plan);
         plan
     }
 }
@@ -373,10 +423,16 @@ pub const LEAD_S: f64 = 180.0;
 /// Keep the previous plan unless the new one saves more than this (in cost units: squared
 /// seconds of lateness plus seconds driven).
 const HYSTERESIS: f64 = 600.0;
+/// ... and by more than this share of the previous plan's cost: when combines are already
+/// late, costs are large and shift with every report, and a cart sent back and forth never
+/// arrives.
+const HYSTERESIS_SHARE: f64 = 0.75;
 /// At most this many jobs are planned ahead (the most urgent combines).
 const HORIZON_JOBS: usize = 6;
 /// At most this many assignments of jobs to carts are tried per plan.
 const MAX_COMBINATIONS: usize = 20_000;
+/// A cart without room for a tank still tops a combine up when it has this share of a tank.
+const TOP_UP_SHARE: f64 = 0.25;
 /// Weight of lateness (squared seconds) against driving (seconds) in the cost.
 const LATENESS_WEIGHT: f64 = 4.0;
 
@@ -438,8 +494,9 @@ impl Dispatcher {
         }
     }
 
-    /// Cost of `cart` doing `jobs` in order from `free`.
-    fn route(cart: &Cart, free: Free, jobs: &[Job], fleet: &FleetState) -> Route {
+    /// Cost of `cart` doing `jobs` in order from `free`; a truck is at the staging area in
+    /// `truck_ready_s` at the earliest.
+    fn route(cart: &Cart, free: Free, jobs: &[Job], fleet: &FleetState, truck_ready_s: f64) -> Route {
         let staging = Position::default();
         let mut route = Route::default();
         let (mut t, mut pos, mut load) = (free.at_s, free.pos, free.load_kg);
@@ -457,15 +514,24 @@ impl Dispatcher {
             // Go straight, or unload first: forced when the cart has no room for the tank,
             // chosen when it costs this job nothing.
             let direct = t + drive(pos, load, t);
-            let via_truck_leave = t + cart.drive_s(pos.drive_m(staging)) + load / cart.auger_kg_s.max(1.0);
+            let at_trucks = (t + cart.drive_s(pos.drive_m(staging))).max(truck_ready_s);
+            let via_truck_leave = at_trucks + load / cart.auger_kg_s.max(1.0);
             let via_truck = via_truck_leave + drive(staging, 0.0, via_truck_leave);
             let expected_take =
                 (combine.fill_kg + combine.fill_rate_kg_s * job.need_s).min(combine.capacity_kg);
             let no_room =
                 cart.capacity_kg - load < ROOM_FOR_TANK * expected_take.max(combine.capacity_kg * 0.5);
-            let start_direct = (direct + fleet.sync_s).max(job.need_s);
             let start_via = (via_truck + fleet.sync_s).max(job.need_s);
-            let unload_first = load > 0.0 && (no_room || start_via <= job.need_s + 1e-9);
+            // Without room for the tank and with the trucks far off, the cart empties what
+            // it can of the tank now: the combine gets time, the cart unloads after.
+            let room = cart.capacity_kg - load;
+            let top_up = no_room
+                && room >= TOP_UP_SHARE * combine.capacity_kg
+                && start_via > job.need_s + 1e-9
+                && direct + fleet.sync_s < start_via;
+            let start_direct =
+                if top_up { direct + fleet.sync_s } else { (direct + fleet.sync_s).max(job.need_s) };
+            let unload_first = load > 0.0 && !top_up && (no_room || start_via <= job.need_s + 1e-9);
             let (arrive, start, travelled) = if unload_first {
                 (via_truck, start_via, via_truck - t)
             } else {
@@ -480,7 +546,9 @@ impl Dispatcher {
             if unload_first {
                 load = 0.0;
             }
-            let take = (combine.fill_kg + combine.fill_rate_kg_s * start).min(combine.capacity_kg);
+            let take = (combine.fill_kg + combine.fill_rate_kg_s * start)
+                .min(combine.capacity_kg)
+                .min(cart.capacity_kg - load);
             let unload_s = take / combine.unload_kg_s.max(1.0);
             t = start + unload_s;
             load += take;
@@ -497,6 +565,7 @@ impl Dispatcher {
         jobs: &[Job],
         fleet: &FleetState,
         keep: &[Option<usize>],
+        truck_ready_s: f64,
     ) -> Option<(f64, Vec<Route>)> {
         let (n_carts, n_jobs) = (carts.len(), jobs.len());
         if n_carts == 0 {
@@ -513,7 +582,7 @@ impl Dispatcher {
             for (i, cart) in carts.iter().enumerate() {
                 let mine: Vec<Job> =
                     jobs.iter().zip(&choice).filter(|(_, c)| **c == i).map(|(j, _)| *j).collect();
-                let route = Self::route(cart, frees[i], &mine, fleet);
+                let route = Self::route(cart, frees[i], &mine, fleet, truck_ready_s);
                 if let Some(k) = keep[i] {
                     ok &= route.first.is_some_and(|(c, ..)| c == k);
                 }
@@ -625,14 +694,19 @@ impl Policy for Dispatcher {
                 jobs.iter().find(|j| &fleet.combines[j.combine].id == target).map(|j| j.combine)
             })
             .collect();
-        let best = Self::solve(&carts, &frees, &jobs, fleet, &none);
+        let truck_ready_s = self.memory.truck_ready_s(fleet, now);
+        let best = Self::solve(&carts, &frees, &jobs, fleet, &none, truck_ready_s);
         let kept = if previous.iter().any(Option::is_some) {
-            Self::solve(&carts, &frees, &jobs, fleet, &previous)
+            Self::solve(&carts, &frees, &jobs, fleet, &previous, truck_ready_s)
         } else {
             None
         };
         let chosen = match (best, kept) {
-            (Some(best), Some(kept)) if kept.0 <= best.0 + HYSTERESIS => Some(kept),
+            (Some(best), Some(kept))
+                if kept.0 <= best.0 + HYSTERESIS || best.0 >= HYSTERESIS_SHARE * kept.0 =>
+            {
+                Some(kept)
+            }
             (best, _) => best,
         };
         for (i, cart) in carts.iter().enumerate() {
@@ -665,9 +739,12 @@ impl Policy for Dispatcher {
                 self.memory.give(&cart.id, Task::Serve, Some(target.id.clone()), now);
                 plan.assignments.push(a);
             } else {
-                // Not yet: the cart waits where it is and leaves at `depart`.
+                // Not yet: the cart waits where it is and leaves at `depart`. Only a moving
+                // cart is told to stop.
                 self.memory.jobs.remove(&cart.id);
-                plan.assignments.push(Assignment {
+                let moving = matches!(cart.activity, CartActivity::ToCombine | CartActivity::ToTruck);
+                let list = if moving { &mut plan.assignments } else { &mut plan.upcoming };
+                list.push(Assignment {
                     device: cart.id.clone(),
                     task: Task::Hold,
                     target: Some(target.id.clone()),
@@ -678,17 +755,19 @@ impl Policy for Dispatcher {
             }
         }
         truck_assignments(fleet, &mut plan);
-        fleet_warnings(fleet, now, &mut plan);
+        fleet_warnings(fleet, &self.memory, now, &mut plan);
         plan
     }
 }
 
 /// The assignments that differ from what each machine was last told (task or target), and
 /// remember them: what is sent down as commands, and what "instructions per cart-hour" counts.
+/// A `hold` names the next combine only for information: a new name alone is not a new
+/// instruction (the `Fleet` call shows it), so waiting operators are not pinged.
 pub fn changed(last: &mut HashMap<DeviceId, (Task, Option<DeviceId>)>, plan: &Plan) -> Vec<Assignment> {
     let mut out = Vec::new();
     for a in &plan.assignments {
-        let now = (a.task, a.target.clone());
+        let now = (a.task, if a.task == Task::Hold { None } else { a.target.clone() });
         if last.get(&a.device) != Some(&now) {
             last.insert(a.device.clone(), now);
             out.push(a.clone());

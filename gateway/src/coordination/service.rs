@@ -86,6 +86,7 @@ pub fn to_proto(fleet: &FleetState, plan: &Plan, now: Timestamp) -> v1::FleetRes
     let assignments = plan
         .assignments
         .iter()
+        .chain(&plan.upcoming)
         .map(|a| v1::Assignment {
             device: a.device.to_string(),
             instruction: Some(v1::Instruction {

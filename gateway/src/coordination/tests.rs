@@ -53,6 +53,7 @@ fn fleet(combines: Vec<Combine>, carts: Vec<Cart>, trucks: Vec<Truck>) -> FleetS
 fn task_of<'a>(plan: &'a Plan, device: &str) -> Option<(Task, Option<&'a str>)> {
     plan.assignments
         .iter()
+        .chain(&plan.upcoming)
         .find(|a| a.device.as_str() == device)
         .map(|a| (a.task, a.target.as_ref().map(|t| t.as_str())))
 }
@@ -84,8 +85,9 @@ fn dispatcher_serves_the_most_urgent_combine_first_even_if_another_is_closer() {
 #[test]
 fn a_cart_without_room_for_a_tank_unloads_into_the_fullest_truck_with_room() {
     for mut policy in PolicyKind::ALL.map(PolicyKind::build) {
+        // The combine is 20 minutes from full: time enough to unload first.
         let state = fleet(
-            vec![combine("combine-1", 500.0, 500.0, 100.0)],
+            vec![combine("combine-1", 500.0, 500.0, 1200.0)],
             vec![cart("cart-1", 100.0, 100.0, 22_000.0)],
             vec![truck("truck-empty", 0.0), truck("truck-half", 12_000.0), truck("truck-full", 24_900.0)],
         );
@@ -99,6 +101,41 @@ fn a_cart_without_room_for_a_tank_unloads_into_the_fullest_truck_with_room() {
         assert_eq!(task_of(&plan, "truck-full"), Some((Task::Haul, None)), "{}", policy.name());
         assert_eq!(task_of(&plan, "truck-half"), Some((Task::Hold, None)), "{}", policy.name());
     }
+}
+
+#[test]
+fn dispatcher_tops_up_a_combine_about_to_fill_when_the_trip_to_the_trucks_takes_too_long() {
+    // 8 t of room, the combine full in 100 s, and a round trip to the trucks of 7 minutes:
+    // empty what fits now so the combine keeps cutting, then unload.
+    let state = fleet(
+        vec![combine("combine-1", 500.0, 500.0, 100.0)],
+        vec![cart("cart-1", 100.0, 100.0, 22_000.0)],
+        vec![truck("truck-1", 0.0)],
+    );
+    let plan = Dispatcher::default().plan(&state, t(0));
+    assert_eq!(task_of(&plan, "cart-1"), Some((Task::Serve, Some("combine-1"))), "{plan:#?}");
+    // A baseline sends it to the truck: the combine will stop.
+    let plan = PolicyKind::NearestIdle.build().plan(&state, t(0));
+    assert_eq!(task_of(&plan, "cart-1"), Some((Task::UnloadInto, Some("truck-1"))), "{plan:#?}");
+}
+
+#[test]
+fn trucks_away_too_long_for_the_harvest_rate_are_flagged() {
+    let mut policy = Dispatcher::default();
+    let combines: Vec<Combine> =
+        (0..4).map(|i| combine(&format!("combine-{i}"), 100.0, 100.0 * i as f64, 900.0)).collect();
+    let carts = vec![cart("cart-1", 0.0, 0.0, 0.0), cart("cart-2", 0.0, 0.0, 0.0)];
+    let mut away = truck("truck-1", 25_000.0);
+    away.activity = TruckActivity::Away;
+    // The truck leaves at 0 and is back after 55 minutes: 25 t an hour for 140 t/h.
+    let _ = policy.plan(&fleet(combines.clone(), carts.clone(), vec![away]), t(0));
+    let plan = policy.plan(&fleet(combines, carts, vec![truck("truck-1", 0.0)]), t(3300));
+    assert!(
+        plan.warnings.iter().any(|w| w
+            .starts_with("trucks cannot keep up: 1 trucks move about 27 t/h (a round trip takes 55 min)")),
+        "{:?}",
+        plan.warnings
+    );
 }
 
 #[test]

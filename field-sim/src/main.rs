@@ -95,6 +95,11 @@ enum Command {
         /// The gateway's MQTT broker.
         #[arg(long, default_value = "127.0.0.1:1883")]
         mqtt: std::net::SocketAddr,
+        /// The gateway's LoRaWAN network server (its `[lorawan] listen`): the carts' load
+        /// cells send over LoRaWAN instead of MQTT. With `--gateway-config`, the address the
+        /// written `[lorawan]` section listens on.
+        #[arg(long)]
+        lorawan: Option<std::net::SocketAddr>,
         /// Virtual seconds per real second.
         #[arg(long, default_value_t = 10.0)]
         speed: f64,
@@ -121,19 +126,23 @@ fn main() -> std::io::Result<()> {
         Command::Score { scenario, policy, seeds, seed, trace } => {
             score(&scenario, &policy, seeds, seed, trace)
         }
-        Command::Run { scenario, mqtt, speed, seed, duration, gateway_config, policy } => {
+        Command::Run { scenario, mqtt, lorawan, speed, seed, duration, gateway_config, policy } => {
             let scenario =
                 field_sim::harvest::scenario::Scenario::load(&scenario).map_err(std::io::Error::other)?;
             if !(speed.is_finite() && speed > 0.0) {
                 return Err(std::io::Error::other(format!("--speed must be a positive number, got {speed}")));
             }
             if let Some(path) = gateway_config {
-                return std::fs::write(path, scenario.coordination_config(&policy, speed));
+                let mut config = scenario.coordination_config(&policy, speed);
+                if let Some(listen) = lorawan {
+                    config.push_str(&field_sim::harvest::live::lorawan_config(&scenario, listen));
+                }
+                return std::fs::write(path, config);
             }
             let limit = duration.unwrap_or(scenario.shift).as_secs_f64();
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            let summary =
-                runtime.block_on(field_sim::harvest::live::run(scenario, mqtt, speed, seed, limit))?;
+            let summary = runtime
+                .block_on(field_sim::harvest::live::run(scenario, mqtt, lorawan, speed, seed, limit))?;
             print!("{}", field_sim::harvest::score::table("live run", std::slice::from_ref(&summary.score)));
             println!(
                 "{}",
@@ -143,6 +152,8 @@ fn main() -> std::io::Result<()> {
                     "instructions": summary.instructions,
                     "cart_instructions": summary.cart_instructions,
                     "unreadable": summary.unreadable,
+                    "lora_uplinks": summary.lora_uplinks,
+                    "lora_unacknowledged": summary.lora_unacknowledged,
                     "unloads": summary.score.lateness_s.len(),
                     "harvested_t": summary.score.harvested_t,
                     "idle_fraction": summary.score.idle_fraction,

@@ -5,16 +5,139 @@
 //! subscribe to `fieldgate/+/command` and follow the gateway's `instruct` commands after their
 //! reaction delay. Rates are published per real second, so the gateway (configured with
 //! [`Scenario::coordination_config`] at the same speed) sees a consistent, faster world.
+//!
+//! With a LoRaWAN address, the carts' load cells are LoRaWAN devices instead: they join the
+//! gateway's network server over the air through a simulated packet forwarder, and send
+//! `weight_kg` in a 3-byte layout on port 2 ([`lorawan_config`] is the gateway's side).
 
 use super::scenario::Scenario;
 use super::score::{self, Score};
 use super::world::World;
+use crate::lora::{Device, Forwarder};
 use fieldgate::coordination::track::GeoOrigin;
 use fieldgate::coordination::{Position, secs_between};
-use fieldgate_proto::{Task, Timestamp};
+use fieldgate_adapters::lorawan::codec::{Codec, Field, FieldType, Layout};
+use fieldgate_adapters::lorawan::gwmp::Eui64;
+use fieldgate_proto::{Metric, Task, Timestamp};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::net::SocketAddr;
 use std::time::Duration;
+
+/// The load cells' uplink port and their layout: `weight_kg`, unsigned 24-bit big-endian.
+const SCALE_PORT: u8 = 2;
+/// How long a JoinAccept or PUSH_ACK is waited for.
+const LORA_ANSWER: Duration = Duration::from_secs(10);
+
+fn scale_eui(cart: usize) -> Eui64 {
+    Eui64((0x00ca_57ca_1e00_0000u64 + cart as u64).to_be_bytes())
+}
+
+/// A load cell's AppKey, derived from the cart's number (a simulation, not a secret).
+fn scale_key(cart: usize) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&0xca57_5ca1_e000_0000u64.to_be_bytes());
+    k[8..].copy_from_slice(&(cart as u64).to_be_bytes());
+    k
+}
+
+fn scale_codec() -> Codec {
+    Codec::Layout(Layout {
+        port: Some(SCALE_PORT),
+        fields: vec![Field {
+            metric: Metric::new("weight_kg").expect("a valid metric"),
+            at: 0,
+            ty: FieldType::U24,
+            big_endian: true,
+            scale: 1.0,
+            offset: 0.0,
+        }],
+    })
+}
+
+/// The gateway's `[lorawan]` section for the carts' load cells, listening on `listen`.
+pub fn lorawan_config(scenario: &Scenario, listen: SocketAddr) -> String {
+    let mut out = format!(
+        "\n[lorawan]\nlisten = \"{listen}\"\n\n[[lorawan.profile]]\nname = \"cart-scale\"\ncodec = \"layout\"\nport = {SCALE_PORT}\n\n[[lorawan.profile.field]]\nmetric = \"weight_kg\"\nbyte = 0\ntype = \"u24\"\n"
+    );
+    for i in 1..=scenario.cart.count {
+        let key: String = scale_key(i).iter().map(|b| format!("{b:02x}")).collect();
+        out.push_str(&format!(
+            "\n[[lorawan.device]]\nid = \"{}\"\ndev_eui = \"{}\"\napp_key = \"{key}\"\nprofile = \"cart-scale\"\n",
+            super::scenario::scale_id(i),
+            scale_eui(i)
+        ));
+    }
+    out
+}
+
+/// The carts' load cells on LoRaWAN, joined, behind one packet forwarder.
+struct Scales {
+    forwarder: Forwarder,
+    devices: Vec<Device>,
+    /// PUSH_DATA tokens not acknowledged yet. A PUSH_ACK comes once the readings are durable
+    /// (after the gateway's dedup window), so the world does not wait for it.
+    outstanding: std::collections::HashSet<u16>,
+}
+
+impl Scales {
+    async fn join(gateway: SocketAddr, carts: usize) -> std::io::Result<Scales> {
+        let mut forwarder =
+            Forwarder::connect(Eui64([0xaa, 0x55, 0x5a, 0, 0, 0, 0xca, 0x57]), gateway).await?;
+        forwarder.pull(LORA_ANSWER).await?;
+        let mut devices = Vec::new();
+        for i in 1..=carts {
+            // A fresh DevNonce per run: the network server refuses one it has seen.
+            let nonce = ((Timestamp::now().as_nanos() >> 16) as u16).wrapping_add(i as u16 * 4099);
+            let mut device =
+                Device::otaa(&super::scenario::scale_id(i), scale_eui(i), scale_key(i), scale_codec(), nonce);
+            let mut attempts = 0;
+            loop {
+                let request = device.join_request();
+                let (token, _) = forwarder.push(&request, -80, 7.0).await?;
+                forwarder.push_ack(token, LORA_ANSWER).await?;
+                match forwarder.pull_resp(LORA_ANSWER).await {
+                    Ok(accept) if device.join_accept(&accept.data).is_ok() => break,
+                    _ if attempts < 3 => attempts += 1,
+                    _ => {
+                        return Err(std::io::Error::other(format!("{} could not join {gateway}", device.id)));
+                    }
+                }
+            }
+            devices.push(device);
+        }
+        Ok(Scales { forwarder, devices, outstanding: Default::default() })
+    }
+
+    async fn send(&mut self, cart: usize, weight_kg: f64) -> std::io::Result<()> {
+        let metric = Metric::new("weight_kg").expect("a valid metric");
+        let frame = self.devices[cart].uplink(
+            &[(metric, weight_kg.round().clamp(0.0, 16_777_215.0))],
+            SCALE_PORT,
+            false,
+        );
+        let (token, _) = self.forwarder.push(&frame, -85, 6.0).await?;
+        self.outstanding.insert(token);
+        for acked in self.forwarder.take_push_acks() {
+            self.outstanding.remove(&acked);
+        }
+        // Downlinks (MAC answers) are read and dropped: a load cell acts on none.
+        while self.forwarder.has_pull_resp() {
+            let _ = self.forwarder.pull_resp(LORA_ANSWER).await?;
+        }
+        Ok(())
+    }
+
+    /// Wait for the acknowledgements still due; returns how many never came.
+    async fn finish(mut self) -> u64 {
+        let mut missing = 0;
+        for token in std::mem::take(&mut self.outstanding) {
+            if self.forwarder.push_ack(token, LORA_ANSWER).await.is_err() {
+                missing += 1;
+            }
+        }
+        missing
+    }
+}
 
 /// What a live run did.
 #[derive(Debug, Clone)]
@@ -27,6 +150,9 @@ pub struct LiveSummary {
     pub cart_instructions: u64,
     /// Commands that could not be read.
     pub unreadable: u64,
+    /// Load-cell uplinks sent over LoRaWAN, and of those not acknowledged.
+    pub lora_uplinks: u64,
+    pub lora_unacknowledged: u64,
     pub virtual_s: f64,
 }
 
@@ -46,10 +172,12 @@ fn parse_command(payload: &[u8]) -> Option<(String, Task, Option<String>)> {
     Some((v["device"].as_str()?.to_owned(), task, v["target"].as_str().map(str::to_owned)))
 }
 
-/// Run `scenario` against the broker at `broker` for at most `limit` virtual seconds.
+/// Run `scenario` against the broker at `broker` (and the load cells against the LoRaWAN
+/// network server at `lorawan`, when given) for at most `limit_s` virtual seconds.
 pub async fn run(
     scenario: Scenario,
     broker: SocketAddr,
+    lorawan: Option<SocketAddr>,
     speed: f64,
     seed: u64,
     limit_s: f64,
@@ -92,6 +220,11 @@ pub async fn run(
     });
     connected.await.map_err(|_| std::io::Error::other("the MQTT connection ended before subscribing"))?;
 
+    let mut scales = match lorawan {
+        Some(addr) => Some(Scales::join(addr, scenario.cart.count).await?),
+        None => None,
+    };
+    let mut lora_uplinks = 0u64;
     let mut world = World::new(scenario.clone(), seed, false);
     let every = scenario.telemetry_interval.as_secs_f64().max(1.0) as u64;
     // The simulator's clock: one virtual second per tick.
@@ -118,6 +251,12 @@ pub async fn run(
             let ts = Timestamp::now().as_nanos();
             for (device, values) in world.telemetry() {
                 if world.lose() {
+                    continue;
+                }
+                if let (Some(scales), Some(cart)) = (scales.as_mut(), scale_index(&world, &device)) {
+                    let weight = values.iter().find(|(m, _)| *m == "weight_kg").map_or(0.0, |(_, v)| *v);
+                    scales.send(cart, weight).await?;
+                    lora_uplinks += 1;
                     continue;
                 }
                 let mut body = serde_json::Map::new();
@@ -161,5 +300,22 @@ pub async fn run(
         world.t_s,
         secs_between(started, Timestamp::now())
     );
-    Ok(LiveSummary { score, published, instructions, cart_instructions, unreadable, virtual_s: world.t_s })
+    Ok(LiveSummary {
+        score,
+        published,
+        instructions,
+        cart_instructions,
+        unreadable,
+        lora_uplinks,
+        lora_unacknowledged: match scales {
+            Some(scales) => scales.finish().await,
+            None => 0,
+        },
+        virtual_s: world.t_s,
+    })
+}
+
+/// The cart whose load cell `device` is.
+fn scale_index(world: &World, device: &str) -> Option<usize> {
+    (1..=world.carts.len()).find(|i| super::scenario::scale_id(*i) == device).map(|i| i - 1)
 }

@@ -100,6 +100,11 @@ enum Command {
         /// written `[lorawan]` section listens on.
         #[arg(long)]
         lorawan: Option<std::net::SocketAddr>,
+        /// Serve the farm's grain bin (filled by the trucks' deliveries) and a weather station
+        /// over Modbus TCP, on this address and the next port. With `--gateway-config`, the
+        /// addresses its `[[modbus.device]]` sections poll.
+        #[arg(long)]
+        modbus: Option<std::net::SocketAddr>,
         /// Virtual seconds per real second.
         #[arg(long, default_value_t = 10.0)]
         speed: f64,
@@ -126,7 +131,7 @@ fn main() -> std::io::Result<()> {
         Command::Score { scenario, policy, seeds, seed, trace } => {
             score(&scenario, &policy, seeds, seed, trace)
         }
-        Command::Run { scenario, mqtt, lorawan, speed, seed, duration, gateway_config, policy } => {
+        Command::Run { scenario, mqtt, lorawan, modbus, speed, seed, duration, gateway_config, policy } => {
             let scenario =
                 field_sim::harvest::scenario::Scenario::load(&scenario).map_err(std::io::Error::other)?;
             if !(speed.is_finite() && speed > 0.0) {
@@ -137,12 +142,34 @@ fn main() -> std::io::Result<()> {
                 if let Some(listen) = lorawan {
                     config.push_str(&field_sim::harvest::live::lorawan_config(&scenario, listen));
                 }
+                if let Some(addr) = modbus {
+                    config.push_str(&modbus::gateway_config(&harvest_sensors(addr, seed), "1s"));
+                }
                 return std::fs::write(path, config);
             }
             let limit = duration.unwrap_or(scenario.shift).as_secs_f64();
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            let summary = runtime
-                .block_on(field_sim::harvest::live::run(scenario, mqtt, lorawan, speed, seed, limit))?;
+            let summary = runtime.block_on(async {
+                let sensors = match modbus {
+                    Some(addr) => harvest_sensors(addr, seed),
+                    None => Vec::new(),
+                };
+                let clock = modbus::Clock::new(speed);
+                for (device, addr) in &sensors {
+                    let listener = tokio::net::TcpListener::bind(addr).await?;
+                    tokio::spawn(modbus::serve(listener, device.clone(), clock));
+                }
+                let bin = sensors.first().map(|(d, _)| d.clone());
+                // The bin starts the harvest empty; 500 t fill it.
+                let mut observe = |world: &field_sim::harvest::world::World| {
+                    if let Some(bin) = &bin {
+                        let tonnes = world.delivered_kg / 1000.0;
+                        bin.set("tonnes", tonnes);
+                        bin.set("level_pct", tonnes / 500.0 * 100.0);
+                    }
+                };
+                field_sim::harvest::live::run(scenario, mqtt, lorawan, speed, seed, limit, &mut observe).await
+            })?;
             print!("{}", field_sim::harvest::score::table("live run", std::slice::from_ref(&summary.score)));
             println!(
                 "{}",
@@ -156,6 +183,7 @@ fn main() -> std::io::Result<()> {
                     "lora_unacknowledged": summary.lora_unacknowledged,
                     "unloads": summary.score.lateness_s.len(),
                     "harvested_t": summary.score.harvested_t,
+                    "delivered_t": summary.score.delivered_t,
                     "idle_fraction": summary.score.idle_fraction,
                 })
             );
@@ -255,4 +283,21 @@ fn score(scenario: &str, policy: &str, seeds: u64, first: u64, trace: bool) -> s
         println!("  ({} simulated shifts in {:.1} s)", scores.len(), started.elapsed().as_secs_f64());
     }
     Ok(())
+}
+
+/// The harvest's farm sensors served over Modbus TCP: a grain bin at `addr` and a weather
+/// station at the next port.
+fn harvest_sensors(
+    addr: std::net::SocketAddr,
+    seed: u64,
+) -> Vec<(Arc<modbus::Device>, std::net::SocketAddr)> {
+    [(Kind::Bin, Order::Abcd), (Kind::Weather, Order::Cdab)]
+        .into_iter()
+        .enumerate()
+        .map(|(i, (kind, order))| {
+            let sensor = Sensor::new(format!("{}-0001", kind.name()), kind, seed.wrapping_add(i as u64));
+            let at = std::net::SocketAddr::new(addr.ip(), addr.port() + i as u16);
+            (Arc::new(modbus::Device::new(sensor, order)), at)
+        })
+        .collect()
 }

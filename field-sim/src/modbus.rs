@@ -43,17 +43,29 @@ pub(crate) struct Device {
     pub sensor: Sensor,
     pub order: Order,
     setpoint: Mutex<[u16; 2]>,
+    /// Values set from outside (a grain bin filled by the simulated harvest) in place of the
+    /// sensor's own.
+    set: Mutex<[Option<f64>; METRICS]>,
 }
 
 impl Device {
     pub(crate) fn new(sensor: Sensor, order: Order) -> Self {
-        Device { sensor, order, setpoint: Mutex::new([0, 0]) }
+        Device { sensor, order, setpoint: Mutex::new([0, 0]), set: Mutex::new([None; METRICS]) }
+    }
+
+    /// Serve `value` for the metric named `metric` from now on.
+    pub(crate) fn set(&self, metric: &str, value: f64) {
+        if let Some(i) = self.sensor.kind.metrics().iter().position(|m| *m == metric) {
+            self.set.lock().unwrap_or_else(PoisonError::into_inner)[i] = Some(value);
+        }
     }
 
     /// All registers at virtual time `t`.
     pub(crate) fn registers(&self, t: f64) -> Vec<u16> {
         let mut regs = Vec::with_capacity(usize::from(REGISTERS));
-        for v in self.sensor.values(t) {
+        let set = *self.set.lock().unwrap_or_else(PoisonError::into_inner);
+        for (v, over) in self.sensor.values(t).into_iter().zip(set) {
+            let v = over.unwrap_or(v);
             regs.extend(encode_raw(DataType::F32, self.order, v).expect("sensor values fit an f32"));
         }
         regs.extend(*self.setpoint.lock().unwrap_or_else(PoisonError::into_inner));

@@ -1,19 +1,27 @@
 //! Harvest coordination closed loop: field-sim's B1 harvest, live against a real gateway
 //! process running the dispatcher (machines over MQTT, the carts' load cells over LoRaWAN
-//! through a simulated packet forwarder); the carts must receive its instructions and act on
-//! them (without instructions a simulated cart never moves, so every unload is one it was
+//! through a simulated packet forwarder, the grain bin and a weather station over Modbus TCP);
+//! the carts must receive its instructions and act on them (without instructions a simulated cart never moves, so every unload is one it was
 //! told to do).
 
-use fieldgate_tests::{GatewayProcess, bin, query_cli, write_config};
+use fieldgate_tests::{GatewayProcess, bin, free_port, query_cli, write_config};
 use std::process::Command;
 
 #[test]
 fn carts_follow_the_gateways_dispatch_over_mqtt() {
     let dir = tempfile::tempdir().unwrap();
-    let speed = "40";
+    let speed = "60";
+    // field-sim serves the bin and the weather station on two neighbouring ports.
+    let modbus = loop {
+        let port = free_port();
+        if std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            break format!("127.0.0.1:{port}");
+        }
+    };
     let coordination = dir.path().join("coordination.toml");
     let status = Command::new(bin("field-sim"))
-        .args(["run", "--scenario", "b1", "--speed", speed, "--lorawan", "127.0.0.1:0", "--gateway-config"])
+        .args(["run", "--scenario", "b1", "--speed", speed, "--lorawan", "127.0.0.1:0", "--modbus", &modbus])
+        .arg("--gateway-config")
         .arg(&coordination)
         .status()
         .unwrap();
@@ -27,21 +35,10 @@ fn carts_follow_the_gateways_dispatch_over_mqtt() {
     gw.wait_started();
     let grpc = gw.grpc_addr();
 
-    // Twenty virtual minutes: long enough for every combine to need a cart at least once.
+    // 45 virtual minutes: every combine needs a cart, and the first truck reaches the bin.
     let out = Command::new(bin("field-sim"))
-        .args([
-            "run",
-            "--scenario",
-            "b1",
-            "--speed",
-            speed,
-            "--seed",
-            "3",
-            "--duration",
-            "20m",
-            "--lorawan",
-            &lorawan,
-        ])
+        .args(["run", "--scenario", "b1", "--speed", speed, "--seed", "3", "--duration", "45m"])
+        .args(["--lorawan", &lorawan, "--modbus", &modbus])
         .arg("--mqtt")
         .arg(broker.to_string())
         .output()
@@ -49,6 +46,7 @@ fn carts_follow_the_gateways_dispatch_over_mqtt() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    eprintln!("live harvest: {summary}");
     assert!(summary["cart_instructions"].as_u64().unwrap() >= 2, "{summary}");
     assert_eq!(summary["unreadable"], 0, "{summary}");
     // The load cells joined and every uplink was acknowledged; the dispatcher read their
@@ -67,5 +65,23 @@ fn carts_follow_the_gateways_dispatch_over_mqtt() {
     }
     let (ok, latest, err) = query_cli(grpc, None, &["latest", "--device", "cart-1-scale"]);
     assert!(ok && latest.contains("weight_kg"), "{err}\n{latest}");
+    // The gateway polled the bin while the trucks filled it, and the weather station.
+    let (ok, latest, err) = query_cli(grpc, None, &["latest", "--device", "bin-0001", "--format", "json"]);
+    assert!(ok, "{err}");
+    let latest: serde_json::Value = serde_json::from_str(&latest).unwrap();
+    let tonnes = latest
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["metric"] == "tonnes")
+        .map(|r| r["value"].as_f64().unwrap());
+    let delivered = summary["delivered_t"].as_f64().unwrap();
+    assert!(delivered >= 20.0, "a truck reached the bin: {summary}");
+    assert!(
+        tonnes.is_some_and(|t| t > 0.0 && t <= delivered + 1e-6),
+        "bin {tonnes:?} of {delivered} t: {latest}"
+    );
+    let (ok, weather, err) = query_cli(grpc, None, &["latest", "--device", "weather-0001"]);
+    assert!(ok && weather.contains("wind_ms"), "{err}\n{weather}");
     gw.stop_cleanly();
 }

@@ -3,8 +3,9 @@
 //! `fieldgate/<device>` (a JSON object: `ts`, `lat`, `lon`, `fill_kg`, `mass_flow_kg_s`,
 //! `state`; a cart's scale publishes `weight_kg`), with the scenario's loss rate; operators
 //! subscribe to `fieldgate/+/command` and follow the gateway's `instruct` commands after their
-//! reaction delay. Rates are published per real second, so the gateway (configured with
-//! [`Scenario::coordination_config`] at the same speed) sees a consistent, faster world.
+//! reaction delay. Timestamps are real (the time of sending) and rates per harvest second; the
+//! gateway, configured with [`Scenario::coordination_config`] at the same speed, runs its
+//! dispatcher on a clock `speed` times faster than real time (`[coordination] time_scale`).
 //!
 //! With a LoRaWAN address, the carts' load cells are LoRaWAN devices instead: they join the
 //! gateway's network server over the air through a simulated packet forwarder, and send
@@ -173,7 +174,8 @@ fn parse_command(payload: &[u8]) -> Option<(String, Task, Option<String>)> {
 }
 
 /// Run `scenario` against the broker at `broker` (and the load cells against the LoRaWAN
-/// network server at `lorawan`, when given) for at most `limit_s` virtual seconds.
+/// network server at `lorawan`, when given) for at most `limit_s` virtual seconds, calling
+/// `observe` after every virtual second (field-sim's Modbus grain bin follows the deliveries).
 pub async fn run(
     scenario: Scenario,
     broker: SocketAddr,
@@ -181,6 +183,7 @@ pub async fn run(
     speed: f64,
     seed: u64,
     limit_s: f64,
+    observe: &mut (dyn FnMut(&World) + Send),
 ) -> std::io::Result<LiveSummary> {
     let origin = GeoOrigin { lat: scenario.field.origin.lat, lon: scenario.field.origin.lon };
     let mut options =
@@ -266,10 +269,6 @@ pub async fn run(
                     match metric {
                         "x_m" => x = Some(value),
                         "y_m" => y = Some(value),
-                        // Per real second, as the gateway lives in real time.
-                        "mass_flow_kg_s" => {
-                            body.insert(metric.into(), (value * speed).into());
-                        }
                         _ => {
                             body.insert(metric.into(), value.into());
                         }
@@ -289,6 +288,7 @@ pub async fn run(
             }
         }
         world.step();
+        observe(&world);
         tick += 1;
     }
     let _ = client.disconnect().await;

@@ -148,24 +148,22 @@ impl Scenario {
     }
 
     /// The gateway's `[coordination]` section and its `[[coordination.machine]]`s for this
-    /// fleet, for a live run at `speed` times real time: rates and speeds are scaled to real
-    /// seconds, as the gateway sees the simulated machines.
+    /// fleet, for a live run at `speed` times real time: the gateway plans as often in
+    /// harvest time as telemetry comes, and its `time_scale` makes each real second `speed`
+    /// seconds of harvest, so the machines' rates and the dispatcher's durations keep their
+    /// units.
     pub fn coordination_config(&self, policy: &str, speed: f64) -> String {
-        let secs = |virtual_s: f64| format!("{}ms", (virtual_s / speed * 1000.0).round().max(100.0));
+        let interval_ms = (self.telemetry_interval.as_secs_f64() / speed * 1000.0).round().max(100.0);
         let mut out = format!(
-            "[coordination]\npolicy = \"{policy}\"\ninterval = \"{}\"\nstale_after = \"{}\"\nsync = \"{}\"\norigin = {{ lat = {}, lon = {} }}\n",
-            secs(self.telemetry_interval.as_secs_f64()),
-            secs(60.0),
-            secs(self.cart.sync_s),
-            self.field.origin.lat,
-            self.field.origin.lon
+            "[coordination]\npolicy = \"{policy}\"\ninterval = \"{interval_ms}ms\"\ntime_scale = {speed}\nsync = \"{}s\"\norigin = {{ lat = {}, lon = {} }}\n",
+            self.cart.sync_s, self.field.origin.lat, self.field.origin.lon
         );
         for i in 1..=self.combine.count {
             out.push_str(&format!(
                 "\n[[coordination.machine]]\ndevice = \"{}\"\nrole = \"combine\"\ncapacity_kg = {:.0}\nunload_kg_s = {:.1}\n",
                 combine_id(i),
                 self.tank_kg(),
-                self.combine_unload_kg_s() * speed
+                self.combine_unload_kg_s()
             ));
         }
         for i in 1..=self.cart.count {
@@ -173,9 +171,9 @@ impl Scenario {
                 "\n[[coordination.machine]]\ndevice = \"{}\"\nrole = \"cart\"\ncapacity_kg = {:.0}\nunload_kg_s = {:.1}\nspeed_empty_kmh = {}\nspeed_loaded_kmh = {}\nload_from = {{ device = \"{}\", metric = \"weight_kg\" }}\n",
                 cart_id(i),
                 self.cart.capacity_t * 1000.0,
-                self.cart_auger_kg_s() * speed,
-                self.cart.speed_empty_kmh * speed,
-                self.cart.speed_loaded_kmh * speed,
+                self.cart_auger_kg_s(),
+                self.cart.speed_empty_kmh,
+                self.cart.speed_loaded_kmh,
                 scale_id(i)
             ));
         }

@@ -207,6 +207,13 @@ impl Validator {
         let stale_after =
             self.duration("coordination.stale_after", raw.stale_after, S, Duration::from_secs(3600));
         let sync = self.duration("coordination.sync", raw.sync, Duration::ZERO, Duration::from_secs(600));
+        if !(raw.time_scale.is_finite() && (0.001..=1000.0).contains(&raw.time_scale)) {
+            self.problem(
+                "coordination.time_scale",
+                format!("must be from 0.001 to 1000, got {}", raw.time_scale),
+            );
+        }
+        let time_scale = raw.time_scale.clamp(0.001, 1000.0);
         let origin = raw.origin.map(|o| {
             if !(-90.0..=90.0).contains(&o.lat) || !(-180.0..=180.0).contains(&o.lon) {
                 self.problem(
@@ -267,7 +274,15 @@ impl Validator {
         if machines.is_empty() {
             self.problem("coordination", "lists no machines: add [[coordination.machine]] sections");
         }
-        crate::coordination::CoordinationSettings { policy, interval, stale_after, sync, origin, machines }
+        crate::coordination::CoordinationSettings {
+            policy,
+            interval,
+            stale_after,
+            sync,
+            origin,
+            time_scale,
+            machines,
+        }
     }
 
     /// `[upstream]`: the forwarder's settings, and the store's outbox they imply.

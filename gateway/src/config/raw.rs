@@ -41,6 +41,9 @@ pub(crate) struct RawCoordination {
     pub(crate) sync: HumanDuration,
     /// The staging area in degrees, for machines that report `lat`/`lon`.
     pub(crate) origin: Option<RawGeo>,
+    /// Harvest seconds per real second, for simulated harvests run faster than real time.
+    #[serde(default = "one")]
+    pub(crate) time_scale: f64,
     #[serde(default)]
     pub(crate) machine: Vec<RawMachine>,
 }

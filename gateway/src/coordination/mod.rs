@@ -219,6 +219,15 @@ pub fn add_secs(t: Timestamp, secs: f64) -> Timestamp {
     t.saturating_add(Duration::from_secs_f64(secs.clamp(0.0, 1.0e9)))
 }
 
+/// `t` plus `secs`, which may be negative.
+pub fn add_secs_signed(t: Timestamp, secs: f64) -> Timestamp {
+    if secs >= 0.0 {
+        add_secs(t, secs)
+    } else {
+        t.saturating_sub(Duration::from_secs_f64((-secs).min(1.0e9)))
+    }
+}
+
 /// Seconds from `earlier` to `later` (negative when `later` is before).
 pub fn secs_between(earlier: Timestamp, later: Timestamp) -> f64 {
     (later.as_nanos() - earlier.as_nanos()) as f64 / 1e9

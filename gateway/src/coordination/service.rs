@@ -32,6 +32,10 @@ pub struct CoordinationSettings {
     pub sync: Duration,
     /// The staging area, when machines report `lat`/`lon`.
     pub origin: Option<GeoOrigin>,
+    /// Harvest seconds per real second: 1 on a farm; N for a simulated harvest run N times
+    /// faster than real time (`field-sim run --speed N`), so the dispatcher's own durations
+    /// (its lead time, the operators' grace, the trucks' round trips) keep their meaning.
+    pub time_scale: f64,
     pub machines: Vec<MachineSpec>,
 }
 
@@ -52,7 +56,30 @@ impl FleetView {
     }
 }
 
-/// The plan as the `Fleet` call answers it.
+/// Real time to the dispatcher's time and back: the identity unless `time_scale` is not 1.
+#[derive(Debug, Clone, Copy)]
+struct Clock {
+    epoch: Timestamp,
+    scale: f64,
+}
+
+impl Clock {
+    fn to_plan(self, t: Timestamp) -> Timestamp {
+        if self.scale == 1.0 {
+            return t;
+        }
+        super::add_secs_signed(self.epoch, super::secs_between(self.epoch, t) * self.scale)
+    }
+
+    fn to_real(self, t: Timestamp) -> Timestamp {
+        if self.scale == 1.0 {
+            return t;
+        }
+        super::add_secs_signed(self.epoch, super::secs_between(self.epoch, t) / self.scale)
+    }
+}
+
+/// The plan as the `Fleet` call answers it (times as the dispatcher sees them).
 pub fn to_proto(fleet: &FleetState, plan: &Plan, now: Timestamp) -> v1::FleetResponse {
     let mut machines = Vec::new();
     let machine =
@@ -113,6 +140,29 @@ fn snake(name: &str) -> String {
     out
 }
 
+/// The times of a plan made on a scaled clock, back to real time.
+fn real_times(fleet: &mut v1::FleetResponse, clock: Clock) {
+    let real = |t: &mut Option<prost_types::Timestamp>| {
+        if let Some(ts) = t.take() {
+            let plan = Timestamp::from_nanos(ts.seconds * 1_000_000_000 + i64::from(ts.nanos));
+            *t = Some(clock.to_real(plan).into());
+        }
+    };
+    real(&mut fleet.as_of);
+    for m in &mut fleet.machines {
+        real(&mut m.full_at);
+        real(&mut m.last_seen);
+    }
+    for a in &mut fleet.assignments {
+        real(&mut a.eta);
+        if let Some(i) = &mut a.instruction
+            && i.due_ns != 0
+        {
+            i.due_ns = clock.to_real(Timestamp::from_nanos(i.due_ns)).as_nanos();
+        }
+    }
+}
+
 /// Run coordination until `shutdown`.
 pub async fn run(
     settings: CoordinationSettings,
@@ -131,6 +181,7 @@ pub async fn run(
     let mut told: HashMap<DeviceId, (Task, Option<DeviceId>)> = HashMap::new();
     // Ids unique across restarts: the start time, then a counter.
     let epoch = Timestamp::now().as_nanos();
+    let clock = Clock { epoch: Timestamp::from_nanos(epoch), scale: settings.time_scale };
     let mut sent = 0u64;
     let mut ticks = tokio::time::interval(settings.interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -149,25 +200,29 @@ pub async fn run(
         for id in &devices {
             if let Some(device) = live.device(id) {
                 for (metric, latest) in &device.latest {
-                    tracker.observe(id, metric.as_str(), latest.ts, latest.value);
+                    tracker.observe(id, metric.as_str(), clock.to_plan(latest.ts), latest.value);
                 }
             }
         }
-        let now = Timestamp::now();
+        let now = clock.to_plan(Timestamp::now());
         let fleet = tracker.fleet(now);
         let plan = policy.plan(&fleet, now);
-        view.set(to_proto(&fleet, &plan, now));
+        let mut fleet_view = to_proto(&fleet, &plan, now);
+        if clock.scale != 1.0 {
+            real_times(&mut fleet_view, clock);
+        }
+        view.set(fleet_view);
         let mut sends = tokio::task::JoinSet::new();
         for a in changed(&mut told, &plan) {
             sent += 1;
             let command = Command {
                 id: CommandId::new(format!("dispatch-{epoch}-{sent}")),
                 device: a.device.clone(),
-                created: now,
+                created: clock.to_real(now),
                 action: Action::Instruct(Instruction {
                     task: a.task,
                     target: a.target,
-                    due: a.due,
+                    due: a.due.map(|d| clock.to_real(d)),
                     note: a.note,
                 }),
             };

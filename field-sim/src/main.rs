@@ -85,6 +85,37 @@ enum Command {
         #[arg(long)]
         trace: bool,
     },
+    /// Replay recorded readings into a gateway over the protocol they came by, with their
+    /// original relative timing scaled by `--speed`, or as fast as the gateway takes them.
+    /// Shows progress on stderr and prints a JSON summary: readings sent per device and
+    /// protocol, and any it could not send, with the reason.
+    Replay {
+        /// A gateway's recordings directory (`DATA_DIR/recordings`), a Parquet file, or a
+        /// CSV / JSON-lines export with ts, device, metric, value (docs/replay.md).
+        #[arg(long)]
+        recording: std::path::PathBuf,
+        /// The config of the gateway replayed into: its MQTT mappings say how each device's
+        /// readings travel.
+        #[arg(long)]
+        config: std::path::PathBuf,
+        /// The gateway's MQTT broker (default: its `[mqtt.embedded] listen`).
+        #[arg(long)]
+        mqtt: Option<std::net::SocketAddr>,
+        /// Only readings at or after this time (RFC 3339).
+        #[arg(long)]
+        from: Option<String>,
+        /// Only readings before this time (RFC 3339).
+        #[arg(long)]
+        to: Option<String>,
+        /// Only these devices (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        devices: Vec<String>,
+        /// Recorded seconds per real second.
+        #[arg(long, default_value_t = 1.0, conflicts_with = "as_fast_as_possible")]
+        speed: f64,
+        #[arg(long)]
+        as_fast_as_possible: bool,
+    },
     /// Run a harvest live against a gateway: machines publish telemetry over MQTT to its
     /// broker and follow the instructions it sends back; prints the score at the end. With
     /// `--gateway-config FILE`, write the gateway's `[coordination]` section for this run and
@@ -128,6 +159,9 @@ fn main() -> std::io::Result<()> {
         let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard);
     }
     match cli.command {
+        Command::Replay { recording, config, mqtt, from, to, devices, speed, as_fast_as_possible } => {
+            replay(&recording, &config, mqtt, from, to, &devices, speed, as_fast_as_possible)
+        }
         Command::Score { scenario, policy, seeds, seed, trace } => {
             score(&scenario, &policy, seeds, seed, trace)
         }
@@ -300,4 +334,45 @@ fn harvest_sensors(
             (Arc::new(modbus::Device::new(sensor, order)), at)
         })
         .collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn replay(
+    recording: &std::path::Path,
+    config: &std::path::Path,
+    mqtt: Option<std::net::SocketAddr>,
+    from: Option<String>,
+    to: Option<String>,
+    devices: &[String],
+    speed: f64,
+    as_fast_as_possible: bool,
+) -> std::io::Result<()> {
+    use field_sim::replay::{self, Pace};
+    use fieldgate_proto::Timestamp;
+    let gateway = fieldgate::Config::load(config).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let broker = match (mqtt, gateway.mqtt.as_ref().map(|m| &m.broker)) {
+        (Some(addr), _) => addr,
+        (None, Some(fieldgate::config::MqttBroker::Embedded { listen, .. })) if listen.port() != 0 => *listen,
+        _ => return Err(std::io::Error::other("give --mqtt: the config names no embedded broker address")),
+    };
+    let valid_speed = speed.is_finite() && speed > 0.0;
+    if !as_fast_as_possible && !valid_speed {
+        return Err(std::io::Error::other(format!("--speed must be a positive number, got {speed}")));
+    }
+    let time = |t: Option<String>, flag: &str| {
+        t.map(|t| Timestamp::parse_rfc3339(&t).map_err(|e| std::io::Error::other(format!("{flag}: {e}"))))
+            .transpose()
+    };
+    let (from, to) = (time(from, "--from")?, time(to, "--to")?);
+    let mut rows = replay::input::read(recording)?;
+    rows.retain(|r| {
+        from.is_none_or(|f| r.ts >= f)
+            && to.is_none_or(|t| r.ts < t)
+            && (devices.is_empty() || devices.contains(&r.device))
+    });
+    let pace = if as_fast_as_possible { Pace::AsFastAsPossible } else { Pace::Speed(speed) };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let summary = runtime.block_on(replay::replay(&rows, &replay::mappings(&gateway), broker, pace))?;
+    println!("{}", serde_json::to_string(&summary).map_err(std::io::Error::other)?);
+    Ok(())
 }

@@ -7,6 +7,7 @@ mod lorawan;
 mod modbus;
 mod mqtt;
 mod query;
+mod replay;
 mod spine;
 mod store;
 mod upstream;

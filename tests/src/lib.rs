@@ -610,7 +610,7 @@ pub fn cpu_seconds(pid: u32) -> f64 {
 }
 
 /// Every record batch of the Parquet files under `dir`.
-fn parquet_batches(dir: &Path) -> Vec<arrow_array::RecordBatch> {
+pub fn parquet_batches(dir: &Path) -> Vec<arrow_array::RecordBatch> {
     let mut batches = Vec::new();
     for path in fieldgate_store::layout::parquet_files(dir) {
         let file = std::fs::File::open(&path).unwrap();
@@ -676,6 +676,50 @@ fn rows_in(dir: &Path) -> Vec<(String, String, i64, u64, f64)> {
             ));
         }
     }
+    rows
+}
+
+/// A rollup row with every figure, for comparing two stores.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RollupStat {
+    pub device: String,
+    pub metric: String,
+    pub window_start: i64,
+    pub count: u64,
+    pub min: f64,
+    pub max: f64,
+    pub mean: f64,
+    pub first: f64,
+    pub last: f64,
+}
+
+/// Every rollup row of one window size under `data_dir`, sorted by device, metric, window.
+pub fn rollup_stats(data_dir: &Path, window: &str) -> Vec<RollupStat> {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{Float64Type, TimestampNanosecondType, UInt64Type};
+    let dir = data_dir.join(fieldgate_store::layout::ROLLUPS).join(format!("window={window}"));
+    let mut rows = Vec::new();
+    for b in parquet_batches(&dir) {
+        let (devices, metrics) = (dictionary_strings(&b, "device"), dictionary_strings(&b, "metric"));
+        let f = |name: &str| b.column_by_name(name).unwrap().as_primitive::<Float64Type>().clone();
+        let (min, max, mean, first, last) = (f("min"), f("max"), f("mean"), f("first"), f("last"));
+        let starts = b.column_by_name("window_start").unwrap().as_primitive::<TimestampNanosecondType>();
+        let counts = b.column_by_name("count").unwrap().as_primitive::<UInt64Type>();
+        for i in 0..b.num_rows() {
+            rows.push(RollupStat {
+                device: devices[i].clone(),
+                metric: metrics[i].clone(),
+                window_start: starts.value(i),
+                count: counts.value(i),
+                min: min.value(i),
+                max: max.value(i),
+                mean: mean.value(i),
+                first: first.value(i),
+                last: last.value(i),
+            });
+        }
+    }
+    rows.sort_by(|a, b| (&a.device, &a.metric, a.window_start).cmp(&(&b.device, &b.metric, b.window_start)));
     rows
 }
 

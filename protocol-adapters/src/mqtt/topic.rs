@@ -104,6 +104,22 @@ impl TopicPattern {
         self.levels.contains(&Level::Metric)
     }
 
+    /// The concrete topic this pattern gives `device` (and `metric`, for a `{metric}` level),
+    /// for sending what a mapping reads (record and replay). `None` when the pattern has a
+    /// wildcard (the topic cannot be known) or names a level that is not given.
+    pub fn render(&self, device: &str, metric: Option<&str>) -> Option<String> {
+        let mut parts = Vec::with_capacity(self.levels.len());
+        for level in &self.levels {
+            parts.push(match level {
+                Level::Literal(s) => s.as_str(),
+                Level::Device => device,
+                Level::Metric => metric?,
+                Level::Plus | Level::Hash => return None,
+            });
+        }
+        Some(parts.join("/"))
+    }
+
     /// Match a concrete topic, capturing the named levels.
     pub fn matches<'t>(&self, topic: &'t str) -> Option<Captures<'t>> {
         let mut caps = Captures::default();
@@ -179,5 +195,19 @@ mod tests {
         for (text, err) in cases {
             assert_eq!(TopicPattern::parse(text), Err(err), "{text:?}");
         }
+    }
+
+    #[test]
+    fn render_fills_the_named_levels_and_refuses_wildcards() {
+        let p = TopicPattern::parse("sensors/{device}/{metric}").unwrap();
+        assert_eq!(p.render("bin-3", Some("level_pct")).as_deref(), Some("sensors/bin-3/level_pct"));
+        assert_eq!(p.render("bin-3", None), None);
+        let rendered = p.render("bin-3", Some("t")).unwrap();
+        assert_eq!(p.matches(&rendered), Some(Captures { device: Some("bin-3"), metric: Some("t") }));
+        assert_eq!(TopicPattern::parse("fleet/+/{device}").unwrap().render("x", None), None);
+        assert_eq!(
+            TopicPattern::parse("site/weather").unwrap().render("x", None).as_deref(),
+            Some("site/weather")
+        );
     }
 }

@@ -84,6 +84,16 @@ enum Command {
         /// to stderr: to see why a combine waited.
         #[arg(long)]
         trace: bool,
+        /// Hybrid replay: the combines follow this recorded harvest (a gateway's recordings
+        /// directory, a Parquet file or a CSV / JSON-lines export of their telemetry), and the
+        /// carts and trucks are simulated under the policy, so a recorded day scores any
+        /// policy. The scenario gives the carts, trucks and distances.
+        #[arg(long)]
+        recording: Option<std::path::PathBuf>,
+        /// How much faster than real time the recording was made: 1 for a farm's day, N for
+        /// one made by `field-sim run --speed N`.
+        #[arg(long, default_value_t = 1.0, requires = "recording")]
+        recorded_speed: f64,
     },
     /// Replay recorded readings into a gateway over the protocol they came by, with their
     /// original relative timing scaled by `--speed`, or as fast as the gateway takes them.
@@ -162,8 +172,8 @@ fn main() -> std::io::Result<()> {
         Command::Replay { recording, config, mqtt, from, to, devices, speed, as_fast_as_possible } => {
             replay(&recording, &config, mqtt, from, to, &devices, speed, as_fast_as_possible)
         }
-        Command::Score { scenario, policy, seeds, seed, trace } => {
-            score(&scenario, &policy, seeds, seed, trace)
+        Command::Score { scenario, policy, seeds, seed, trace, recording, recorded_speed } => {
+            score(&scenario, &policy, seeds, seed, trace, recording.as_deref().map(|r| (r, recorded_speed)))
         }
         Command::Run { scenario, mqtt, lorawan, modbus, speed, seed, duration, gateway_config, policy } => {
             let scenario =
@@ -288,7 +298,14 @@ async fn serve_modbus(
     Ok(())
 }
 
-fn score(scenario: &str, policy: &str, seeds: u64, first: u64, trace: bool) -> std::io::Result<()> {
+fn score(
+    scenario: &str,
+    policy: &str,
+    seeds: u64,
+    first: u64,
+    trace: bool,
+    recording: Option<(&std::path::Path, f64)>,
+) -> std::io::Result<()> {
     use field_sim::harvest::{scenario::Scenario, score};
     use fieldgate::coordination::PolicyKind;
     let scenario = Scenario::load(scenario).map_err(std::io::Error::other)?;
@@ -301,15 +318,40 @@ fn score(scenario: &str, policy: &str, seeds: u64, first: u64, trace: bool) -> s
         })?],
     };
     println!("scenario {}: {}", scenario.name, scenario.description);
+    let tracks = match recording {
+        Some((path, recorded_speed)) => {
+            if !(recorded_speed.is_finite() && recorded_speed > 0.0) {
+                return Err(std::io::Error::other(format!(
+                    "--recorded-speed must be positive, got {recorded_speed}"
+                )));
+            }
+            let rows = field_sim::replay::input::read(path)?;
+            let tracks = field_sim::harvest::track::tracks(&scenario, &rows, recorded_speed)
+                .map_err(std::io::Error::other)?;
+            println!(
+                "hybrid replay of {}: {} combines follow their recorded day; carts and trucks are simulated",
+                path.display(),
+                tracks.len()
+            );
+            Some(std::sync::Arc::new(tracks))
+        }
+        None => None,
+    };
     for kind in kinds {
         let started = std::time::Instant::now();
         let scores: Vec<score::Score> = (first..first + seeds)
             .map(|seed| {
                 if trace {
                     eprintln!("{} seed {seed}:", kind.as_str());
-                    score::run_traced(&scenario, kind, seed, &mut |line| eprintln!("{line}"))
-                } else {
-                    score::run(&scenario, kind, seed)
+                }
+                let mut print = |line: String| {
+                    if trace {
+                        eprintln!("{line}");
+                    }
+                };
+                match &tracks {
+                    Some(tracks) => score::run_replayed(&scenario, kind, seed, tracks.clone(), &mut print),
+                    None => score::run_traced(&scenario, kind, seed, &mut print),
                 }
             })
             .collect();

@@ -28,7 +28,8 @@ fn carts_follow_the_gateways_dispatch_over_mqtt() {
     assert!(status.success());
     let coordination = std::fs::read_to_string(&coordination).unwrap();
     assert!(coordination.contains("role = \"cart\""), "{coordination}");
-    let config = write_config(dir.path(), &coordination);
+    // Recordings on: the day is scored again below under another policy (hybrid replay).
+    let config = write_config(dir.path(), &format!("[store]\nrecordings = true\n\n{coordination}"));
     let mut gw = GatewayProcess::spawn(&["run", "--config", config.to_str().unwrap()]);
     let broker = gw.wait_broker();
     let lorawan = gw.wait_for("lorawan network server listening")["addr"].as_str().unwrap().to_owned();
@@ -84,4 +85,41 @@ fn carts_follow_the_gateways_dispatch_over_mqtt() {
     let (ok, weather, err) = query_cli(grpc, None, &["latest", "--device", "weather-0001"]);
     assert!(ok && weather.contains("wind_ms"), "{err}\n{weather}");
     gw.stop_cleanly();
+
+    // The recorded day under the common practice: the combines follow their recorded tracks,
+    // the carts and trucks are simulated under nearest_idle.
+    let recording = dir.path().join("data").join("recordings");
+    let out = Command::new(bin("field-sim"))
+        .args([
+            "score",
+            "--scenario",
+            "b1",
+            "--policy",
+            "nearest_idle",
+            "--seeds",
+            "2",
+            "--recorded-speed",
+            speed,
+        ])
+        .arg("--recording")
+        .arg(&recording)
+        .output()
+        .unwrap();
+    let scored = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{scored}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        scored.contains("hybrid replay of") && scored.contains("4 combines follow their recorded day"),
+        "{scored}"
+    );
+    assert!(scored.contains("nearest_idle (2 seeds)"), "{scored}");
+    let harvested: f64 = scored
+        .lines()
+        .find(|l| l.trim_start().starts_with("harvested"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no harvested line: {scored}"));
+    // The same fields cut: what the recorded combines harvested, give or take the grain
+    // still on the way when the recording ended.
+    let live = summary["harvested_t"].as_f64().unwrap();
+    assert!((harvested - live).abs() < 0.25 * live, "hybrid {harvested} t, live {live} t\n{scored}");
 }

@@ -3,12 +3,14 @@
 //! the operators), and measure what FIELD-NOTES asks of a policy.
 
 use super::scenario::{Scenario, cart_id, combine_id, scale_id, truck_id};
+use super::track::Track;
 use super::world::World;
 use fieldgate::coordination::policy::changed;
 use fieldgate::coordination::track::GeoOrigin;
 use fieldgate::coordination::{MachineSpec, Policy, PolicyKind, Role, Tracker};
 use fieldgate_proto::{DeviceId, Timestamp};
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The virtual start of every scored shift (a fixed instant keeps runs repeatable).
@@ -88,7 +90,36 @@ pub fn run(scenario: &Scenario, kind: PolicyKind, seed: u64) -> Score {
 
 /// [`run`], calling `trace` with a line for every instruction sent and every late unload.
 pub fn run_traced(scenario: &Scenario, kind: PolicyKind, seed: u64, trace: &mut dyn FnMut(String)) -> Score {
-    let mut world = World::new(scenario.clone(), seed, false);
+    run_world(scenario, kind, seed, None, trace)
+}
+
+/// [`run_traced`] with the combines following recorded `tracks` (hybrid replay): a recorded
+/// day scored under any policy.
+pub fn run_replayed(
+    scenario: &Scenario,
+    kind: PolicyKind,
+    seed: u64,
+    tracks: Arc<Vec<Track>>,
+    trace: &mut dyn FnMut(String),
+) -> Score {
+    run_world(scenario, kind, seed, Some(tracks), trace)
+}
+
+fn new_world(scenario: &Scenario, seed: u64, instant: bool, tracks: Option<&Arc<Vec<Track>>>) -> World {
+    match tracks {
+        Some(tracks) => World::with_tracks(scenario.clone(), seed, instant, tracks.clone()),
+        None => World::new(scenario.clone(), seed, instant),
+    }
+}
+
+fn run_world(
+    scenario: &Scenario,
+    kind: PolicyKind,
+    seed: u64,
+    tracks: Option<Arc<Vec<Track>>>,
+    trace: &mut dyn FnMut(String),
+) -> Score {
+    let mut world = new_world(scenario, seed, false, tracks.as_ref());
     let mut policy: Box<dyn Policy> = kind.build();
     let mut tracker = tracker(scenario);
     let mut told = HashMap::new();
@@ -151,7 +182,8 @@ pub fn run_traced(scenario: &Scenario, kind: PolicyKind, seed: u64, trace: &mut 
         }
     }
     let mut score = measure(&world, instructions);
-    score.bound_ratio = bound_ratio(scenario, seed, score.tonnes_per_hour);
+    let bound = bound_rate(&mut new_world(scenario, seed, true, tracks.as_ref()));
+    score.bound_ratio = if bound > 0.0 { score.tonnes_per_hour / bound } else { 0.0 };
     score.warnings = warnings
         .into_values()
         .map(|(w, n)| format!("{w} (in {:.0} % of plans)", 100.0 * n as f64 / plans.max(1) as f64))
@@ -161,17 +193,16 @@ pub fn run_traced(scenario: &Scenario, kind: PolicyKind, seed: u64, trace: &mut 
 
 /// `tonnes_per_hour` over the t/h of the same day with unlimited instant receivers.
 pub fn bound_ratio(scenario: &Scenario, seed: u64, tonnes_per_hour: f64) -> f64 {
-    let bound = bound_rate(scenario, seed);
+    let bound = bound_rate(&mut World::new(scenario.clone(), seed, true));
     if bound > 0.0 { tonnes_per_hour / bound } else { 0.0 }
 }
 
 /// t/h of the same day when every tank empties itself where it fills.
-fn bound_rate(scenario: &Scenario, seed: u64) -> f64 {
-    let mut world = World::new(scenario.clone(), seed, true);
+fn bound_rate(world: &mut World) -> f64 {
     while !world.combines.iter().all(|c| c.done_at.is_some()) && !world.finished() {
         world.step();
     }
-    measure(&world, 0).tonnes_per_hour
+    measure(world, 0).tonnes_per_hour
 }
 
 /// The figures of a finished (or stopped) world; `instructions`: those sent to carts.

@@ -15,6 +15,7 @@
 //! without one, a machine keeps doing what it does (a truck driver leaves when full).
 
 use super::scenario::{Scenario, cart_id, combine_id, scale_id, truck_id};
+use super::track::Track;
 use fieldgate::coordination::Position;
 use fieldgate::coordination::track::{cart_state, combine_state, truck_state};
 use fieldgate_proto::Task;
@@ -56,6 +57,8 @@ pub struct CombineSim {
     /// The cart taking its grain, and whether the combine stopped for it.
     unloading: Option<(usize, bool)>,
     pub done_at: Option<f64>,
+    /// Hybrid replay: where it is on its recorded track (seconds of track time).
+    track_t: f64,
     /// Waiting full and unloading stationary.
     pub idle_s: f64,
     /// The last second's mass flow (the yield monitor).
@@ -145,6 +148,8 @@ pub struct World {
     pub unloads: Vec<Unload>,
     /// Tanks emptied where they fill (the no-wait bound).
     instant_receivers: bool,
+    /// Hybrid replay: the combines follow these recorded tracks instead of the model.
+    tracks: Option<std::sync::Arc<Vec<Track>>>,
     pending: VecDeque<Pending>,
     rng: SmallRng,
     /// Telemetry losses draw from their own stream, so the world's events do not depend on
@@ -189,6 +194,7 @@ impl World {
                     full_since: None,
                     unloading: None,
                     done_at: None,
+                    track_t: 0.0,
                     idle_s: 0.0,
                     mass_flow_kg_s: 0.0,
                 }
@@ -224,12 +230,32 @@ impl World {
             delivered_kg: 0.0,
             unloads: Vec::new(),
             instant_receivers,
+            tracks: None,
             pending: VecDeque::new(),
             yield_seed: rng.random(),
             loss_rng: SmallRng::seed_from_u64(mix(seed ^ 0x5eed)),
             rng,
             phases,
         }
+    }
+
+    /// A world whose combines follow recorded `tracks` (one per combine, in order), starting
+    /// where and with the tank their recording starts with; carts and trucks are simulated.
+    pub fn with_tracks(
+        scenario: Scenario,
+        seed: u64,
+        instant_receivers: bool,
+        tracks: std::sync::Arc<Vec<Track>>,
+    ) -> World {
+        let mut world = World::new(scenario, seed, instant_receivers);
+        world.harvested_kg = 0.0;
+        for (c, track) in world.combines.iter_mut().zip(tracks.iter()) {
+            c.fill_kg = track.start_fill_kg.clamp(0.0, world.scenario.tank_kg());
+            c.pos = track.samples.first().map_or(c.pos, |s| s.pos);
+            world.harvested_kg += c.fill_kg;
+        }
+        world.tracks = Some(tracks);
+        world
     }
 
     /// Yield at a point, kg per m²: the mean, a smooth wave across the field, and cell noise.
@@ -425,7 +451,21 @@ impl World {
             }
             Motion::Harvesting => {
                 let step_m = speed * dt;
-                let flow = self.yield_kg_m2(c.pos) * header * step_m / dt;
+                let recorded =
+                    self.tracks.as_ref().map(|tracks| tracks.get(i).and_then(|t| t.at(c.track_t)).copied());
+                let flow = match recorded {
+                    Some(Some(sample)) => sample.mass_flow_kg_s,
+                    Some(None) => {
+                        // The recorded day of this combine is over.
+                        let t_s = self.t_s;
+                        let c = &mut self.combines[i];
+                        c.mass_flow_kg_s = 0.0;
+                        c.motion = Motion::Done;
+                        c.done_at = Some(t_s);
+                        return;
+                    }
+                    None => self.yield_kg_m2(c.pos) * header * step_m / dt,
+                };
                 if c.fill_kg + flow * dt > tank {
                     if self.instant_receivers {
                         let c = &mut self.combines[i];
@@ -448,6 +488,11 @@ impl World {
                 c.fill_kg += flow * dt;
                 c.mass_flow_kg_s = flow;
                 self.harvested_kg += flow * dt;
+                if let Some(Some(sample)) = recorded {
+                    c.pos = sample.pos;
+                    c.track_t += dt;
+                    return;
+                }
                 c.pos.y_m += c.dir * step_m;
                 if c.pos.y_m >= length || c.pos.y_m <= 0.0 {
                     c.pos.y_m = c.pos.y_m.clamp(0.0, length);

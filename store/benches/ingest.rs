@@ -81,7 +81,8 @@ async fn main() {
     let mut cfg = StoreConfig::new(dir.path());
     cfg.windows = vec![Duration::from_secs(10), Duration::from_secs(60), Duration::from_secs(900)];
     cfg.flush_interval = Duration::from_secs(10);
-    cfg.recordings = recordings;
+    cfg.recordings =
+        if recordings { fieldgate_store::Recordings::All } else { fieldgate_store::Recordings::Off };
     let mut registry = prometheus_client::registry::Registry::default();
     let store = Store::open(cfg, StoreMetrics::register(&mut registry)).unwrap();
     let sink = store.sink();

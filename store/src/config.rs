@@ -33,8 +33,8 @@ pub struct StoreConfig {
     pub flush_rows: usize,
     /// Rows per Parquet row group: arrow-rs buffers a whole row group in memory.
     pub row_group_rows: usize,
-    /// Keep every raw reading in `recordings/` as well.
-    pub recordings: bool,
+    /// Which raw readings are also kept in `recordings/`.
+    pub recordings: Recordings,
     /// Batches waiting to be written; producers wait when it is full.
     pub queue_batches: usize,
     pub retention: Retention,
@@ -67,10 +67,71 @@ impl StoreConfig {
             flush_interval: Duration::from_secs(60),
             flush_rows: 1 << 20,
             row_group_rows: 64 * 1024,
-            recordings: false,
+            recordings: Recordings::Off,
             queue_batches: 1024,
             retention: Retention::default(),
             outbox: None,
         }
+    }
+}
+
+/// Which raw readings the store keeps in `recordings/` (for replay, audits, model training).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Recordings {
+    #[default]
+    Off,
+    All,
+    /// Readings that came by one of `sources`, or from one of `devices`.
+    Only {
+        sources: Vec<fieldgate_proto::Source>,
+        devices: Vec<fieldgate_proto::DeviceId>,
+    },
+}
+
+impl Recordings {
+    pub fn is_on(&self) -> bool {
+        *self != Recordings::Off
+    }
+
+    /// Whether `reading` is kept.
+    pub fn keeps(&self, reading: &fieldgate_proto::Reading) -> bool {
+        match self {
+            Recordings::Off => false,
+            Recordings::All => true,
+            Recordings::Only { sources, devices } => {
+                sources.contains(&reading.source) || devices.contains(&reading.device)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Recordings;
+    use fieldgate_proto::{DeviceId, Metric, Quality, Reading, Source, Timestamp};
+
+    fn reading(device: &str, source: Source) -> Reading {
+        Reading {
+            device: DeviceId::new(device).expect("id"),
+            metric: Metric::new("level_pct").expect("metric"),
+            ts: Timestamp::from_nanos(1),
+            value: 1.0,
+            quality: Quality::Good,
+            source,
+        }
+    }
+
+    #[test]
+    fn recordings_keep_the_listed_protocols_and_devices() {
+        let only = Recordings::Only {
+            sources: vec![Source::Mqtt],
+            devices: vec![DeviceId::new("bin-3").expect("id")],
+        };
+        assert!(only.keeps(&reading("combine-1", Source::Mqtt)));
+        assert!(only.keeps(&reading("bin-3", Source::Modbus)));
+        assert!(!only.keeps(&reading("bin-4", Source::Modbus)));
+        assert!(!only.keeps(&reading("probe-1", Source::Lorawan)));
+        assert!(Recordings::All.keeps(&reading("probe-1", Source::Lorawan)));
+        assert!(!Recordings::Off.keeps(&reading("probe-1", Source::Lorawan)) && !Recordings::Off.is_on());
     }
 }

@@ -32,7 +32,7 @@ mod writer;
 
 pub use codec::Malformed;
 pub use compact::{CompactionReport, FileLocks};
-pub use config::{Retention, StoreConfig};
+pub use config::{Recordings, Retention, StoreConfig};
 pub use metrics::StoreMetrics;
 pub use outbox::{Outbox, OutboxConfig, OutboxRecovery};
 pub use snapshot::{FilesGuard, Snapshot, SnapshotError, StoreReader};

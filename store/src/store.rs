@@ -141,7 +141,7 @@ impl Store {
             None => None,
         };
 
-        let mut recordings = cfg.recordings.then(Vec::<Reading>::new);
+        let mut recordings = cfg.recordings.is_on().then(Vec::<Reading>::new);
         let wal_dir = data.join(layout::WAL);
         let (wal, wal_report) =
             Wal::open(&wal_dir, checkpoint_seq, cfg.segment_bytes, |seq, payload| match codec::decode_event(
@@ -150,7 +150,7 @@ impl Store {
                 Ok(Event::Batch { received, readings }) => {
                     windows.apply(received, &readings);
                     if let Some(r) = &mut recordings {
-                        r.extend(readings);
+                        r.extend(readings.into_iter().filter(|x| cfg.recordings.keeps(x)));
                     }
                     recovery.replayed_records += 1;
                 }

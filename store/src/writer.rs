@@ -341,7 +341,8 @@ impl Writer {
             let o = self.windows.apply(sub.received, &sub.readings);
             add_outcome(&mut outcome, &o);
             if let Some(rec) = &mut self.recordings {
-                rec.extend(sub.readings);
+                let keep = &self.cfg.recordings;
+                rec.extend(sub.readings.into_iter().filter(|r| keep.keeps(r)));
             }
         }
         self.count(&outcome);

@@ -176,7 +176,7 @@ async fn finished_days_are_compacted_into_one_sorted_file_each() {
     let data = dir.path();
     let mut cfg = config(data);
     cfg.outbox = None;
-    cfg.recordings = true;
+    cfg.recordings = fieldgate_store::Recordings::All;
     cfg.flush_rows = 25;
     // Small row groups, so the compacted file has several and their order is checked too.
     cfg.row_group_rows = 64;

@@ -358,7 +358,7 @@ async fn a_full_disk_back_pressures_and_resumes() {
     let _mount = Mount(dir.path().to_owned());
     let data = dir.path().join("data");
     let mut config = gateway_config(dir.path());
-    config.store.recordings = false;
+    config.store.recordings = fieldgate_store::Recordings::Off;
     config.store.segment_bytes = 256 << 10;
     config.store.flush_interval = Duration::from_secs(3600);
     let (running, shutdown) = start(config).await;

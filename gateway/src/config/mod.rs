@@ -826,7 +826,7 @@ impl Validator {
             ),
             flush_rows: self.count("store.flush_rows", raw.flush_rows, 1000, 100_000_000),
             row_group_rows: self.count("store.row_group_rows", raw.row_group_rows, 1000, 10_000_000),
-            recordings: raw.recordings,
+            recordings: self.recordings(raw.recordings),
             queue_batches: self.count("store.queue", raw.queue, 1, 1_000_000),
             retention,
             // Set with the upstream forwarder's `[upstream]` section, which comes with it.
@@ -1090,6 +1090,29 @@ impl Validator {
             timestamp_unit,
             max_payload,
         })
+    }
+
+    /// `[store] recordings`: all, none, or protocols and devices by name.
+    fn recordings(&mut self, raw: raw::RawRecordings) -> fieldgate_store::Recordings {
+        use fieldgate_store::Recordings;
+        match raw {
+            raw::RawRecordings::Flag(true) => Recordings::All,
+            raw::RawRecordings::Flag(false) => Recordings::Off,
+            raw::RawRecordings::Only(names) => {
+                let (mut sources, mut devices) = (Vec::new(), Vec::new());
+                for (i, name) in names.iter().enumerate() {
+                    match fieldgate_proto::Source::ALL.into_iter().find(|s| s.as_str() == name) {
+                        Some(source) => sources.push(source),
+                        None => {
+                            if let Some(d) = self.device_id(&format!("store.recordings[{i}]"), name) {
+                                devices.push(d);
+                            }
+                        }
+                    }
+                }
+                if names.is_empty() { Recordings::Off } else { Recordings::Only { sources, devices } }
+            }
+        }
     }
 
     fn device_id(&mut self, path: &str, name: &str) -> Option<DeviceId> {

@@ -380,9 +380,17 @@ pub(crate) struct RawStore {
     pub(crate) flush_interval: HumanDuration,
     pub(crate) flush_rows: usize,
     pub(crate) row_group_rows: usize,
-    pub(crate) recordings: bool,
+    pub(crate) recordings: RawRecordings,
     pub(crate) queue: usize,
     pub(crate) retention: RawRetention,
+}
+
+/// `[store] recordings`: `true`, `false`, or the protocols and devices to record.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum RawRecordings {
+    Flag(bool),
+    Only(Vec<String>),
 }
 
 fn d(secs: u64) -> HumanDuration {
@@ -401,7 +409,7 @@ impl Default for RawStore {
             flush_interval: d(60),
             flush_rows: 1 << 20,
             row_group_rows: 64 * 1024,
-            recordings: false,
+            recordings: RawRecordings::Flag(false),
             queue: 1024,
             retention: RawRetention::default(),
         }

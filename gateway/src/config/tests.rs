@@ -182,7 +182,7 @@ max_disk = "20GiB"
     let c = Config::parse(src, Path::new("/etc/fieldgate/fieldgate.toml"), &no_env).unwrap();
     assert_eq!(c.store.windows, vec![Duration::from_secs(10), Duration::from_secs(60)], "sorted");
     assert_eq!(c.store.allowed_lateness, Duration::from_secs(60));
-    assert!(c.store.recordings);
+    assert_eq!(c.store.recordings, fieldgate_store::Recordings::All);
     assert_eq!(c.store.segment_bytes, 16 << 20);
     assert_eq!(c.store.data_dir, Path::new("/etc/fieldgate/data"));
     assert_eq!(
@@ -711,4 +711,20 @@ fn coordination_reads_its_fleet_and_its_mistakes_are_located() {
         "{texts:#?}"
     );
     assert!(texts[3].starts_with("16: unknown key `speed`"), "{texts:#?}");
+}
+
+#[test]
+fn recordings_can_be_chosen_by_protocol_and_device() {
+    let file = std::path::Path::new("/etc/fieldgate/fieldgate.toml");
+    let src = "[gateway]\nid = \"farm\"\n\n[store]\nrecordings = [\"mqtt\", \"bin-3\"]\n";
+    let c = Config::parse(src, file, &no_env).unwrap();
+    let fieldgate_store::Recordings::Only { sources, devices } = &c.store.recordings else {
+        panic!("{:?}", c.store.recordings)
+    };
+    assert_eq!(sources, &vec![fieldgate_proto::Source::Mqtt]);
+    assert_eq!(devices.iter().map(|d| d.as_str()).collect::<Vec<_>>(), vec!["bin-3"]);
+    let bad = "[gateway]\nid = \"farm\"\n\n[store]\nrecordings = [\"mqtt\", \"bin 3\"]\n";
+    let texts: Vec<String> = located(bad).iter().map(|(l, _, t)| format!("{l}: {t}")).collect();
+    assert_eq!(texts.len(), 1, "{texts:?}");
+    assert!(texts[0].starts_with("5: store.recordings[1]:"), "{texts:?}");
 }

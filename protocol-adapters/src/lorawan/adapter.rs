@@ -42,13 +42,21 @@ pub struct AdapterSettings {
     pub downlink_lead: Duration,
 }
 
-/// A setpoint to queue for a device's next uplink.
+/// What a queued downlink carries.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Downlink {
+    /// A setpoint, encoded by the device's profile, on its `command_port`.
+    Set { metric: Metric, value: f64 },
+    /// An operator instruction (harvest coordination), on [`super::codec::INSTRUCTION_PORT`].
+    Instruct { task: fieldgate_proto::Task, target: Option<DeviceId> },
+}
+
+/// A downlink to queue for a device's next uplink.
 #[derive(Debug)]
 pub struct QueueRequest {
     pub device: DeviceId,
     pub command: CommandId,
-    pub metric: Metric,
-    pub value: f64,
+    pub what: Downlink,
     /// The queue position, once the queue is saved.
     pub done: oneshot::Sender<Result<usize, QueueError>>,
 }
@@ -596,7 +604,15 @@ impl Adapter {
     }
 
     fn queue(&mut self, request: QueueRequest) {
-        match self.server.enqueue(&request.device, request.command, &request.metric, request.value) {
+        let queued = match &request.what {
+            Downlink::Set { metric, value } => {
+                self.server.enqueue(&request.device, request.command, metric, *value)
+            }
+            Downlink::Instruct { task, target } => {
+                self.server.enqueue_instruction(&request.device, request.command, *task, target.as_ref())
+            }
+        };
+        match queued {
             Ok(position) => {
                 let wait = self.reserve();
                 self.work.push(Box::pin(async move {
@@ -640,20 +656,13 @@ impl LorawanCommands {
         command: &fieldgate_proto::Command,
     ) -> Result<fieldgate_proto::Sent, fieldgate_proto::CommandError> {
         use fieldgate_proto::{Action, CommandError, Delivery, Sent};
-        let Action::Set { metric, value } = &command.action else {
-            return Err(CommandError::Unsupported(format!(
-                "`{}` is a LoRaWAN device: it takes setpoints (`set`), not operator instructions",
-                command.device
-            )));
+        let what = match &command.action {
+            Action::Set { metric, value } => Downlink::Set { metric: metric.clone(), value: *value },
+            Action::Instruct(i) => Downlink::Instruct { task: i.task, target: i.target.clone() },
         };
         let (done, answer) = oneshot::channel();
-        let request = QueueRequest {
-            device: command.device.clone(),
-            command: command.id.clone(),
-            metric: metric.clone(),
-            value: *value,
-            done,
-        };
+        let request =
+            QueueRequest { device: command.device.clone(), command: command.id.clone(), what, done };
         let stopped = || CommandError::Unreachable("the LoRaWAN network server has stopped".to_owned());
         self.tx.send(request).await.map_err(|_| stopped())?;
         match answer.await.map_err(|_| stopped())? {

@@ -350,5 +350,40 @@ pub fn encode_lpp(channel: u8, kind: u8, values: &[f64], out: &mut Vec<u8>) -> R
     Ok(())
 }
 
+/// The FPort of operator instructions (harvest coordination) to a machine's LoRaWAN terminal.
+pub const INSTRUCTION_PORT: u8 = 12;
+
+/// The byte of each task in an instruction downlink.
+const TASKS: [(fieldgate_proto::Task, u8); 4] = [
+    (fieldgate_proto::Task::Serve, 1),
+    (fieldgate_proto::Task::UnloadInto, 2),
+    (fieldgate_proto::Task::Haul, 3),
+    (fieldgate_proto::Task::Hold, 4),
+];
+
+/// An instruction as a downlink payload of at most `max` bytes: the task's byte, then the
+/// target device's name in ASCII (cut to fit: device names are short on a farm).
+pub fn encode_instruction(task: fieldgate_proto::Task, target: Option<&str>, max: usize) -> Vec<u8> {
+    let code = TASKS.iter().find(|(t, _)| *t == task).map_or(0, |(_, c)| *c);
+    let mut out = vec![code];
+    if let Some(target) = target {
+        out.extend(target.bytes().take(max.saturating_sub(1)));
+    }
+    out
+}
+
+/// The instruction in a downlink payload: the task and the target's name, if any.
+pub fn decode_instruction(payload: &[u8]) -> Result<(fieldgate_proto::Task, Option<String>), CodecError> {
+    let (&code, name) = payload.split_first().ok_or(CodecError::Empty)?;
+    let task = TASKS
+        .iter()
+        .find(|(_, c)| *c == code)
+        .map(|(t, _)| *t)
+        .ok_or_else(|| CodecError::NotEncodable(format!("instruction task byte {code}")))?;
+    let name = std::str::from_utf8(name)
+        .map_err(|_| CodecError::NotEncodable("an instruction target that is not ASCII".to_owned()))?;
+    Ok((task, (!name.is_empty()).then(|| name.to_owned())))
+}
+
 #[cfg(test)]
 mod tests;

@@ -10,7 +10,7 @@
 //! PUSH_ACK, no ACK bit). A confirmed uplink repeated by its device (it missed our ACK) is
 //! answered again and stored only if its readings were not stored yet.
 
-use super::codec::CodecError;
+use super::codec::{self, CodecError};
 use super::gwmp::Rxpk;
 use super::join::{self, AcceptParams};
 use super::mac::{self, Frame, FrameError};
@@ -407,6 +407,34 @@ impl NetworkServer {
         let config = &self.devices[i];
         let payload =
             config.codec.encode_setpoint(metric, value).map_err(|e| QueueError::Encode(e.to_string()))?;
+        let port = config.command_port;
+        self.push_queued(i, command, port, payload)
+    }
+
+    /// Queue an operator instruction for a device's next uplink (a machine's LoRaWAN
+    /// terminal), encoded by [`codec::encode_instruction`] to fit the slowest data rate.
+    pub fn enqueue_instruction(
+        &mut self,
+        device: &DeviceId,
+        command: CommandId,
+        task: fieldgate_proto::Task,
+        target: Option<&DeviceId>,
+    ) -> Result<usize, QueueError> {
+        let &i = self.index.by_id.get(device).ok_or_else(|| QueueError::UnknownDevice(device.to_string()))?;
+        let region = self.settings.region;
+        let max = region.max_payload(region.rx2().1);
+        let payload = codec::encode_instruction(task, target.map(DeviceId::as_str), max);
+        self.push_queued(i, command, codec::INSTRUCTION_PORT, payload)
+    }
+
+    fn push_queued(
+        &mut self,
+        i: usize,
+        command: CommandId,
+        port: u8,
+        payload: Vec<u8>,
+    ) -> Result<usize, QueueError> {
+        let device = &self.devices[i].device;
         let region = self.settings.region;
         let max = region.max_payload(region.rx2().1);
         if payload.len() > max {
@@ -416,7 +444,7 @@ impl NetworkServer {
         if queue.len() >= QUEUE_LIMIT {
             return Err(QueueError::Full { device: device.to_string() });
         }
-        queue.push_back(Queued { command, port: config.command_port, payload });
+        queue.push_back(Queued { command, port, payload });
         Ok(queue.len())
     }
 }

@@ -134,3 +134,16 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn instructions_round_trip_and_fit_the_slowest_data_rate() {
+    use fieldgate_proto::Task;
+    let bytes = encode_instruction(Task::Serve, Some("combine-12"), 51);
+    assert_eq!(bytes[0], 1);
+    assert_eq!(decode_instruction(&bytes).unwrap(), (Task::Serve, Some("combine-12".to_owned())));
+    assert_eq!(decode_instruction(&encode_instruction(Task::Haul, None, 51)).unwrap(), (Task::Haul, None));
+    // US915 DR0 carries 11 bytes: the name is cut, the task is not.
+    assert_eq!(encode_instruction(Task::UnloadInto, Some("truck-with-a-long-name"), 11).len(), 11);
+    assert!(decode_instruction(&[]).is_err());
+    assert!(decode_instruction(&[9, b'x']).is_err());
+}

@@ -257,3 +257,23 @@ fn mac_commands_on_port_0_are_read_with_the_network_key() {
     let metrics: Vec<&str> = a.readings.iter().map(|r| r.metric.as_str()).collect();
     assert_eq!(metrics, vec!["lora_rssi_dbm", "lora_snr_db", "lora_receivers"], "no application values");
 }
+
+#[test]
+fn queued_instructions_go_down_on_their_own_port() {
+    let mut s = server();
+    let keys = abp_keys();
+    let id = DeviceId::new("gauge-2").unwrap();
+    let target = DeviceId::new("combine-1").unwrap();
+    assert_eq!(
+        s.enqueue_instruction(&id, CommandId::new("i1"), fieldgate_proto::Task::Serve, Some(&target)),
+        Ok(1)
+    );
+    let a = accepted(&mut s, &up(ABP_ADDR, &keys, 1, false, 1, &TEMP)).unwrap();
+    let plan = a.downlink.unwrap();
+    let down = mac::verify_downlink(&s.build_downlink(a.device, &plan).unwrap(), &keys, None).unwrap();
+    assert_eq!(down.f_port, Some(codec::INSTRUCTION_PORT));
+    assert_eq!(
+        codec::decode_instruction(&down.payload).unwrap(),
+        (fieldgate_proto::Task::Serve, Some("combine-1".to_owned()))
+    );
+}

@@ -414,7 +414,13 @@ fn replay(
     });
     let pace = if as_fast_as_possible { Pace::AsFastAsPossible } else { Pace::Speed(speed) };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let summary = runtime.block_on(replay::replay(&rows, &replay::mappings(&gateway), broker, pace))?;
+    let summary = runtime.block_on(replay::replay(
+        &rows,
+        &replay::mappings(&gateway),
+        &gateway.modbus,
+        broker,
+        pace,
+    ))?;
     println!("{}", serde_json::to_string(&summary).map_err(std::io::Error::other)?);
     Ok(())
 }

@@ -679,6 +679,23 @@ fn rows_in(dir: &Path) -> Vec<(String, String, i64, u64, f64)> {
     rows
 }
 
+/// (device, metric, ts, value) of every recorded reading under `data_dir`, by time.
+pub fn recording_rows(data_dir: &Path) -> Vec<(String, String, i64, f64)> {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{Float64Type, TimestampNanosecondType};
+    let mut rows = Vec::new();
+    for b in parquet_batches(&data_dir.join(fieldgate_store::layout::RECORDINGS)) {
+        let (devices, metrics) = (dictionary_strings(&b, "device"), dictionary_strings(&b, "metric"));
+        let ts = b.column_by_name("ts").unwrap().as_primitive::<TimestampNanosecondType>().clone();
+        let values = b.column_by_name("value").unwrap().as_primitive::<Float64Type>().clone();
+        for i in 0..b.num_rows() {
+            rows.push((devices[i].clone(), metrics[i].clone(), ts.value(i), values.value(i)));
+        }
+    }
+    rows.sort_by_key(|r| r.2);
+    rows
+}
+
 /// A rollup row with every figure, for comparing two stores.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RollupStat {

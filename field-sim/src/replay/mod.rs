@@ -6,11 +6,13 @@
 //! that can carry the device (its `{device}` topic, or the device it is fixed to) gives the
 //! topic and the payload (the metrics at their fields, the recorded time at its `timestamp`
 //! field, so the new gateway stores the readings at their original times). Readings of one
-//! device at one instant go in one message, as devices send them. Readings recorded from
-//! Modbus or LoRaWAN devices cannot be replayed yet; they are counted, per device, in the
-//! summary, with the reason.
+//! device at one instant go in one message, as devices send them. For a Modbus device of
+//! the config (over TCP), field-sim serves its registers at the address the gateway polls and
+//! sets each recorded value at its time ([`modbus`]). Readings recorded from LoRaWAN devices
+//! cannot be replayed yet; they are counted, per device, in the summary, with the reason.
 
 pub mod input;
+pub mod modbus;
 
 use fieldgate::Config;
 use fieldgate_adapters::mqtt::{Mapping, PayloadFormat, TimestampUnit};
@@ -110,9 +112,16 @@ fn ts_value(ts: Timestamp, unit: TimestampUnit) -> serde_json::Value {
     }
 }
 
-/// Turn rows (sorted by time) into messages, and what cannot be sent into the summary.
-fn plan(rows: &[Row], mappings: &[Mapping], summary: &mut Summary) -> Vec<Message> {
+/// Turn rows (sorted by time) into MQTT messages and Modbus values (of the devices
+/// `modbus` serves), and what cannot be sent into the summary.
+fn plan<'r>(
+    rows: &'r [Row],
+    mappings: &[Mapping],
+    modbus: &dyn Fn(&str) -> bool,
+    summary: &mut Summary,
+) -> (Vec<Message>, Vec<&'r Row>) {
     let mut out = Vec::new();
+    let mut registers = Vec::new();
     let mut no_time = std::collections::BTreeSet::new();
     let mut i = 0;
     while i < rows.len() {
@@ -126,10 +135,19 @@ fn plan(rows: &[Row], mappings: &[Mapping], summary: &mut Summary) -> Vec<Messag
         let device = &group[0].device;
         let mut json: BTreeMap<String, (&Mapping, serde_json::Value, u64)> = BTreeMap::new();
         for row in group {
+            if row.source == "modbus" && modbus(device) {
+                registers.push(row);
+                continue;
+            }
             if row.source != "mqtt" {
-                let entry = summary.unsent.entry(device.clone()).or_insert_with(|| {
-                    (format!("recorded from {}: only MQTT readings can be replayed so far", row.source), 0)
-                });
+                let why = match row.source.as_str() {
+                    "modbus" => {
+                        "recorded from modbus: the gateway config has no Modbus TCP device of this id"
+                            .to_owned()
+                    }
+                    other => format!("recorded from {other}: its replay is not supported yet"),
+                };
+                let entry = summary.unsent.entry(device.clone()).or_insert_with(|| (why, 0));
                 entry.1 += 1;
                 continue;
             }
@@ -178,12 +196,17 @@ fn plan(rows: &[Row], mappings: &[Mapping], summary: &mut Summary) -> Vec<Messag
             });
         }
     }
+    if !registers.is_empty() {
+        summary.warnings.push(
+            "Modbus carries no timestamps: the gateway stores the replayed Modbus values at its own poll times".to_owned(),
+        );
+    }
     for filter in no_time {
         summary.warnings.push(format!(
             "the mapping of `{filter}` has no timestamp field: its readings are stored at the time they arrive, not when they were recorded"
         ));
     }
-    out
+    (out, registers)
 }
 
 /// The MQTT mappings of a gateway config (the defaults when it gives none).
@@ -195,16 +218,21 @@ pub fn mappings(config: &Config) -> Vec<Mapping> {
     }
 }
 
-/// Replay `rows` into the broker at `broker`.
+/// Replay `rows` into the gateway whose MQTT broker is at `broker` and whose Modbus devices
+/// are `buses` (field-sim serves those of them the rows have readings of).
 pub async fn replay(
     rows: &[Row],
     mappings: &[Mapping],
+    buses: &[fieldgate_adapters::modbus::BusSettings],
     broker: SocketAddr,
     pace: Pace,
 ) -> std::io::Result<Summary> {
     let mut summary = Summary::default();
-    let messages = plan(rows, mappings, &mut summary);
-    let total: u64 = messages.iter().map(|m| m.readings).sum();
+    let recorded_modbus: std::collections::HashSet<&str> =
+        rows.iter().filter(|r| r.source == "modbus").map(|r| r.device.as_str()).collect();
+    let served = modbus::serve(buses, &|d| recorded_modbus.contains(d)).await?;
+    let (messages, registers) = plan(rows, mappings, &|d| served.contains(d), &mut summary);
+    let total: u64 = messages.iter().map(|m| m.readings).sum::<u64>() + registers.len() as u64;
     let mut options = MqttOptions::new(
         format!("field-sim-replay-{}", std::process::id()),
         broker.ip().to_string(),
@@ -241,16 +269,28 @@ pub async fn replay(
         })
     };
     let started = Instant::now();
-    let first = messages.first().map(|m| m.ts);
+    let first = match (messages.first(), registers.first()) {
+        (Some(m), Some(r)) => Some(m.ts.min(r.ts)),
+        (m, r) => m.map(|m| m.ts).or(r.map(|r| r.ts)),
+    };
     let mut progress = Progress::new(total);
     let mut sent_readings = 0u64;
+    let mut pending = registers.iter().peekable();
+    let pace_to = |ts: Timestamp| {
+        let due = match (pace, first) {
+            (Pace::Speed(speed), Some(first)) => fieldgate::coordination::secs_between(first, ts) / speed,
+            _ => 0.0,
+        };
+        due - started.elapsed().as_secs_f64()
+    };
     for m in &messages {
-        if let (Pace::Speed(speed), Some(first)) = (pace, first) {
-            let due = fieldgate::coordination::secs_between(first, m.ts) / speed;
-            let wait = due - started.elapsed().as_secs_f64();
-            if wait > 0.0 {
-                tokio::time::sleep(Duration::from_secs_f64(wait)).await;
-            }
+        // Modbus values due before this message first.
+        while let Some(row) = pending.next_if(|r| r.ts <= m.ts) {
+            sent_readings += set_register(&served, row, &mut summary, pace_to(row.ts)).await;
+        }
+        let wait = pace_to(m.ts);
+        if wait > 0.0 {
+            tokio::time::sleep(Duration::from_secs_f64(wait)).await;
         }
         client
             .publish(m.topic.clone(), QoS::AtLeastOnce, false, m.payload.clone())
@@ -261,6 +301,13 @@ pub async fn replay(
         sent_readings += m.readings;
         summary.messages += 1;
         progress.update(sent_readings, started.elapsed());
+    }
+    for row in pending {
+        sent_readings += set_register(&served, row, &mut summary, pace_to(row.ts)).await;
+    }
+    if !registers.is_empty() {
+        // The gateway reads the last values at its next polls: hold them that long.
+        tokio::time::sleep(served.hold).await;
     }
     // Every message acknowledged: the gateway has the readings durably.
     let want = summary.messages;
@@ -278,6 +325,24 @@ pub async fn replay(
     summary.seconds = started.elapsed().as_secs_f64();
     summary.readings_per_s = sent_readings as f64 / summary.seconds.max(1e-9);
     Ok(summary)
+}
+
+/// Wait `wait` seconds (the schedule), then put a recorded Modbus value into its device's
+/// registers; the readings it counts.
+async fn set_register(served: &modbus::Devices, row: &Row, summary: &mut Summary, wait: f64) -> u64 {
+    if wait > 0.0 {
+        tokio::time::sleep(Duration::from_secs_f64(wait)).await;
+    }
+    if served.set(&row.device, &row.metric, row.value) {
+        *summary.sent.entry(row.device.clone()).or_default().entry("modbus".to_owned()).or_default() += 1;
+        1
+    } else {
+        let entry = summary.unsent.entry(row.device.clone()).or_insert_with(|| {
+            (format!("no point for `{}` in the gateway config, or the value does not fit it", row.metric), 0)
+        });
+        entry.1 += 1;
+        0
+    }
 }
 
 /// A progress bar with an ETA on a terminal, a line per 10 % otherwise.
@@ -363,7 +428,7 @@ mod tests {
             row(6_000_000_000, "probe-7", "moisture", 31.0, "lorawan"),
         ];
         let mut summary = Summary::default();
-        let messages = plan(&rows, &m, &mut summary);
+        let (messages, _) = plan(&rows, &m, &|_| false, &mut summary);
         assert_eq!(messages.len(), 2, "{messages:?}");
         let on = |topic: &str| messages.iter().find(|m| m.topic == topic).expect(topic);
         let json: serde_json::Value =
@@ -376,7 +441,10 @@ mod tests {
         // `rpm` has no field in the first mapping: the number mapping carries it.
         assert_eq!(on("sensors/combine-1/rpm").payload.as_slice(), &b"2100"[..]);
         assert_eq!(summary.unsent["probe-7"].1, 1);
-        assert!(summary.unsent["probe-7"].0.contains("recorded from lorawan"), "{summary:?}");
+        assert!(
+            summary.unsent["probe-7"].0.contains("recorded from lorawan: its replay is not supported yet"),
+            "{summary:?}"
+        );
         assert!(summary.warnings.iter().any(|w| w.contains("sensors/+/+")), "{:?}", summary.warnings);
     }
 
@@ -384,7 +452,8 @@ mod tests {
     fn the_default_mappings_carry_any_device_with_its_time() {
         let m = mappings("");
         let mut summary = Summary::default();
-        let messages = plan(&[row(7, "bin-1", "level_pct", 40.25, "mqtt")], &m, &mut summary);
+        let (messages, _) =
+            plan(&[row(7, "bin-1", "level_pct", 40.25, "mqtt")], &m, &|_| false, &mut summary);
         assert_eq!(messages[0].topic, "fieldgate/bin-1");
         let json: serde_json::Value = serde_json::from_slice(&messages[0].payload).expect("json");
         assert_eq!(json, serde_json::json!({"level_pct": 40.25, "ts": 7}));

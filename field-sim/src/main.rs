@@ -111,6 +111,9 @@ enum Command {
         /// The gateway's MQTT broker (default: its `[mqtt.embedded] listen`).
         #[arg(long)]
         mqtt: Option<std::net::SocketAddr>,
+        /// The gateway's LoRaWAN network server (default: its `[lorawan] listen`).
+        #[arg(long)]
+        lorawan: Option<std::net::SocketAddr>,
         /// Only readings at or after this time (RFC 3339).
         #[arg(long)]
         from: Option<String>,
@@ -169,9 +172,17 @@ fn main() -> std::io::Result<()> {
         let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard);
     }
     match cli.command {
-        Command::Replay { recording, config, mqtt, from, to, devices, speed, as_fast_as_possible } => {
-            replay(&recording, &config, mqtt, from, to, &devices, speed, as_fast_as_possible)
-        }
+        Command::Replay {
+            recording,
+            config,
+            mqtt,
+            lorawan,
+            from,
+            to,
+            devices,
+            speed,
+            as_fast_as_possible,
+        } => replay(&recording, &config, mqtt, lorawan, from, to, &devices, speed, as_fast_as_possible),
         Command::Score { scenario, policy, seeds, seed, trace, recording, recorded_speed } => {
             score(&scenario, &policy, seeds, seed, trace, recording.as_deref().map(|r| (r, recorded_speed)))
         }
@@ -383,6 +394,7 @@ fn replay(
     recording: &std::path::Path,
     config: &std::path::Path,
     mqtt: Option<std::net::SocketAddr>,
+    lorawan: Option<std::net::SocketAddr>,
     from: Option<String>,
     to: Option<String>,
     devices: &[String],
@@ -414,13 +426,14 @@ fn replay(
     });
     let pace = if as_fast_as_possible { Pace::AsFastAsPossible } else { Pace::Speed(speed) };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let summary = runtime.block_on(replay::replay(
-        &rows,
-        &replay::mappings(&gateway),
-        &gateway.modbus,
-        broker,
-        pace,
-    ))?;
+    // The network server: as the caller says, or where the config has it listen.
+    let lorawan = gateway.lorawan.as_ref().and_then(|l| {
+        let server = lorawan.or((l.listen.port() != 0).then_some(l.listen))?;
+        Some((l, server))
+    });
+    let target =
+        replay::Target { broker, mappings: replay::mappings(&gateway), buses: &gateway.modbus, lorawan };
+    let summary = runtime.block_on(replay::replay(&rows, target, pace))?;
     println!("{}", serde_json::to_string(&summary).map_err(std::io::Error::other)?);
     Ok(())
 }

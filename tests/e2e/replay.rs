@@ -4,6 +4,33 @@
 use fieldgate_tests::{GatewayProcess, bin, rollup_stats, write_config};
 use std::process::Command;
 
+/// Start a gateway with `config` and replay `recording` into it with `pace` (and into its
+/// LoRaWAN network server, when `lorawan`); the gateway (still running) and the replay's
+/// summary.
+fn replay_into(
+    config: &std::path::Path,
+    recording: &std::path::Path,
+    pace: &str,
+    lorawan: bool,
+) -> (GatewayProcess, serde_json::Value) {
+    let mut gw = GatewayProcess::spawn(&["run", "--config", config.to_str().unwrap()]);
+    let broker = gw.wait_broker();
+    let mut args = vec!["--mqtt".to_owned(), broker.to_string(), pace.to_owned()];
+    if lorawan {
+        let server = gw.wait_for("lorawan network server listening")["addr"].as_str().unwrap().to_owned();
+        args.extend(["--lorawan".to_owned(), server]);
+    }
+    gw.wait_started();
+    let out = Command::new(bin("field-sim"))
+        .args(["replay", "--recording", recording.to_str().unwrap(), "--config", config.to_str().unwrap()])
+        .args(&args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    (gw, serde_json::from_str(stdout.lines().last().unwrap()).unwrap())
+}
+
 #[test]
 fn a_recorded_harvest_replayed_into_a_fresh_gateway_gives_the_same_rollups() {
     let recorded = tempfile::tempdir().unwrap();
@@ -28,18 +55,8 @@ fn a_recorded_harvest_replayed_into_a_fresh_gateway_gives_the_same_rollups() {
 
     let fresh = tempfile::tempdir().unwrap();
     let config = write_config(fresh.path(), store);
-    let mut gw = GatewayProcess::spawn(&["run", "--config", config.to_str().unwrap()]);
-    let broker = gw.wait_broker();
-    gw.wait_started();
     let recording = recorded.path().join("data").join("recordings");
-    let out = Command::new(bin("field-sim"))
-        .args(["replay", "--recording", recording.to_str().unwrap(), "--config", config.to_str().unwrap()])
-        .args(["--mqtt", &broker.to_string(), "--as-fast-as-possible"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let (mut gw, summary) = replay_into(&config, &recording, "--as-fast-as-possible", false);
     assert_eq!(summary["unsent"], serde_json::json!({}), "{summary}");
     assert_eq!(summary["acknowledged"], summary["messages"], "{summary}");
     assert_eq!(summary["warnings"], serde_json::json!([]), "{summary}");
@@ -110,18 +127,8 @@ fn recorded_modbus_values_are_served_again_and_polled_by_a_fresh_gateway() {
         moved = moved.replace(line, &format!("tcp = \"127.0.0.1:{}\"", fieldgate_tests::free_port()));
     }
     let config = write_config(fresh.path(), &format!("[store]\nrecordings = true\n\n{moved}"));
-    let mut gw = GatewayProcess::spawn(&["run", "--config", config.to_str().unwrap()]);
-    let broker = gw.wait_broker();
-    gw.wait_started();
     let recording = recorded.path().join("data").join("recordings");
-    let out = Command::new(bin("field-sim"))
-        .args(["replay", "--recording", recording.to_str().unwrap(), "--config", config.to_str().unwrap()])
-        .args(["--mqtt", &broker.to_string(), "--speed", "1"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let (mut gw, summary) = replay_into(&config, &recording, "--speed=1", false);
     assert_eq!(summary["unsent"], serde_json::json!({}), "{summary}");
     assert_eq!(summary["readings"].as_u64().unwrap() as usize, original.len(), "{summary}");
     gw.stop_cleanly();
@@ -142,4 +149,64 @@ fn recorded_modbus_values_are_served_again_and_polled_by_a_fresh_gateway() {
     for (device, metric, ..) in &original {
         assert_eq!(last(&replayed, device, metric), last(&original, device, metric), "{device} {metric}");
     }
+}
+
+#[test]
+fn recorded_lorawan_uplinks_are_sent_again_by_simulated_devices_with_the_same_values() {
+    use std::io::BufRead;
+    let recorded = tempfile::tempdir().unwrap();
+    // field-sim's soil probes (OTAA, Cayenne LPP): their gateway sections first.
+    let probes = recorded.path().join("probes.toml");
+    let status = Command::new(bin("field-sim"))
+        .args(["lora", "--devices", "2", "--gateway-config"])
+        .arg(&probes)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let probes = std::fs::read_to_string(&probes).unwrap();
+    let lorawan = format!("[lorawan]\nlisten = \"127.0.0.1:0\"\ndedup_window = \"0s\"\n{probes}");
+    let config = write_config(recorded.path(), &format!("[store]\nrecordings = [\"lorawan\"]\n\n{lorawan}"));
+    let mut gw = GatewayProcess::spawn(&["run", "--config", config.to_str().unwrap()]);
+    let server = gw.wait_for("lorawan network server listening")["addr"].as_str().unwrap().to_owned();
+    let http = gw.wait_started();
+    let mut sim = Command::new(bin("field-sim"))
+        .args(["lora", "--devices", "2", "--concentrators", "1", "--interval", "200ms", "--gateway", &server])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Kept open while it runs: it prints a line per downlink, and a closed pipe would stop it.
+    let mut out = std::io::BufReader::new(sim.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert!(line.contains("\"joined\":2"), "{line}");
+    fieldgate_tests::wait_metric(http, "fieldgate_lorawan_uplinks_total", 20.0);
+    sim.kill().unwrap();
+    sim.wait().unwrap();
+    drop(out);
+    gw.stop_cleanly();
+    let original = fieldgate_tests::recording_rows(&recorded.path().join("data"));
+    let payload = |rows: &[(String, String, i64, f64)]| -> Vec<(String, String, f64)> {
+        let mut v: Vec<_> = rows
+            .iter()
+            .filter(|r| !r.1.starts_with("lora_"))
+            .map(|r| (r.0.clone(), r.1.clone(), r.3))
+            .collect();
+        // Per device and metric, in time order (the sort is stable).
+        v.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        v
+    };
+    let sent = payload(&original);
+    assert!(sent.len() >= 60, "{} payload readings recorded", sent.len());
+
+    // A fresh gateway with the same devices; the replay joins them anew.
+    let fresh = tempfile::tempdir().unwrap();
+    let config = write_config(fresh.path(), &format!("[store]\nrecordings = true\n\n{lorawan}"));
+    let recording = recorded.path().join("data").join("recordings");
+    let (mut gw, summary) = replay_into(&config, &recording, "--speed=4", true);
+    assert_eq!(summary["unsent"], serde_json::json!({}), "{summary}");
+    assert_eq!(summary["lorawan_unacknowledged"], 0, "{summary}");
+    assert_eq!(summary["readings"].as_u64().unwrap() as usize, sent.len(), "{summary}");
+    gw.stop_cleanly();
+    // The same values, device by device and metric by metric, in the same order.
+    assert_eq!(payload(&fieldgate_tests::recording_rows(&fresh.path().join("data"))), sent);
 }

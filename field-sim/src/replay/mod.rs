@@ -8,10 +8,12 @@
 //! field, so the new gateway stores the readings at their original times). Readings of one
 //! device at one instant go in one message, as devices send them. For a Modbus device of
 //! the config (over TCP), field-sim serves its registers at the address the gateway polls and
-//! sets each recorded value at its time ([`modbus`]). Readings recorded from LoRaWAN devices
-//! cannot be replayed yet; they are counted, per device, in the summary, with the reason.
+//! sets each recorded value at its time ([`modbus`]). A LoRaWAN device of the config becomes
+//! a simulated end device that sends each recorded set of values as an uplink ([`lorawan`]).
+//! Readings that cannot be sent are counted, per device, in the summary, with the reason.
 
 pub mod input;
+pub mod lorawan;
 pub mod modbus;
 
 use fieldgate::Config;
@@ -46,6 +48,8 @@ pub struct Summary {
     pub messages: u64,
     /// Messages the broker acknowledged (QoS 1).
     pub acknowledged: u64,
+    /// LoRaWAN uplinks the network server did not acknowledge (PUSH_ACK) in time.
+    pub lorawan_unacknowledged: u64,
     pub seconds: f64,
     pub readings_per_s: f64,
     /// Things to know, e.g. a mapping without a timestamp field.
@@ -112,16 +116,34 @@ fn ts_value(ts: Timestamp, unit: TimestampUnit) -> serde_json::Value {
     }
 }
 
-/// Turn rows (sorted by time) into MQTT messages and Modbus values (of the devices
-/// `modbus` serves), and what cannot be sent into the summary.
+/// One device's recorded values of one instant, as one LoRaWAN uplink.
+#[derive(Debug, Clone)]
+struct Uplink {
+    ts: Timestamp,
+    device: String,
+    values: Vec<(fieldgate_proto::Metric, f64)>,
+}
+
+/// What a replay sends: MQTT messages, Modbus values (of the devices `modbus` serves) and
+/// LoRaWAN uplinks (of the devices `lora` has), each in time order.
+#[derive(Debug, Default)]
+struct Planned<'r> {
+    messages: Vec<Message>,
+    registers: Vec<&'r Row>,
+    uplinks: Vec<Uplink>,
+}
+
+/// Turn rows (sorted by time) into what is sent, and what cannot be sent into the summary.
 fn plan<'r>(
     rows: &'r [Row],
     mappings: &[Mapping],
     modbus: &dyn Fn(&str) -> bool,
+    lora: &dyn Fn(&str) -> bool,
     summary: &mut Summary,
-) -> (Vec<Message>, Vec<&'r Row>) {
+) -> Planned<'r> {
     let mut out = Vec::new();
     let mut registers = Vec::new();
+    let mut uplinks = Vec::new();
     let mut no_time = std::collections::BTreeSet::new();
     let mut i = 0;
     while i < rows.len() {
@@ -134,7 +156,17 @@ fn plan<'r>(
         i = j;
         let device = &group[0].device;
         let mut json: BTreeMap<String, (&Mapping, serde_json::Value, u64)> = BTreeMap::new();
+        let mut uplink = Vec::new();
         for row in group {
+            if row.source == "lorawan" && lora(device) {
+                // The radio's figures are the gateway's, not the device's: not sent.
+                if !lorawan::is_link_metric(&row.metric)
+                    && let Ok(metric) = fieldgate_proto::Metric::new(&row.metric)
+                {
+                    uplink.push((metric, row.value));
+                }
+                continue;
+            }
             if row.source == "modbus" && modbus(device) {
                 registers.push(row);
                 continue;
@@ -145,7 +177,9 @@ fn plan<'r>(
                         "recorded from modbus: the gateway config has no Modbus TCP device of this id"
                             .to_owned()
                     }
-                    other => format!("recorded from {other}: its replay is not supported yet"),
+                    "lorawan" => "recorded from lorawan: the gateway config has no LoRaWAN device of this id"
+                        .to_owned(),
+                    other => format!("recorded from {other}: not a protocol field-sim speaks"),
                 };
                 let entry = summary.unsent.entry(device.clone()).or_insert_with(|| (why, 0));
                 entry.1 += 1;
@@ -183,6 +217,9 @@ fn plan<'r>(
                 }),
             }
         }
+        if !uplink.is_empty() {
+            uplinks.push(Uplink { ts: group[0].ts, device: device.clone(), values: uplink });
+        }
         for (topic, (mapping, mut object, readings)) in json {
             if let Some(pointer) = &mapping.timestamp {
                 put(&mut object, pointer, ts_value(group[0].ts, mapping.timestamp_unit));
@@ -206,7 +243,13 @@ fn plan<'r>(
             "the mapping of `{filter}` has no timestamp field: its readings are stored at the time they arrive, not when they were recorded"
         ));
     }
-    (out, registers)
+    if !uplinks.is_empty() {
+        summary.warnings.push(
+            "LoRaWAN carries no timestamps: the gateway stores the replayed uplinks at the time they arrive"
+                .to_owned(),
+        );
+    }
+    Planned { messages: out, registers, uplinks }
 }
 
 /// The MQTT mappings of a gateway config (the defaults when it gives none).
@@ -218,21 +261,53 @@ pub fn mappings(config: &Config) -> Vec<Mapping> {
     }
 }
 
-/// Replay `rows` into the gateway whose MQTT broker is at `broker` and whose Modbus devices
-/// are `buses` (field-sim serves those of them the rows have readings of).
-pub async fn replay(
-    rows: &[Row],
-    mappings: &[Mapping],
-    buses: &[fieldgate_adapters::modbus::BusSettings],
-    broker: SocketAddr,
-    pace: Pace,
-) -> std::io::Result<Summary> {
+/// Where a replay sends to: the gateway's MQTT broker, its Modbus devices (field-sim
+/// serves those with recorded readings) and its LoRaWAN network server.
+#[derive(Debug)]
+pub struct Target<'c> {
+    pub broker: SocketAddr,
+    pub mappings: Vec<Mapping>,
+    pub buses: &'c [fieldgate_adapters::modbus::BusSettings],
+    pub lorawan: Option<(&'c fieldgate::config::LorawanConfig, SocketAddr)>,
+}
+
+/// One thing to send, in time order.
+enum Item<'p> {
+    Mqtt(&'p Message),
+    Modbus(&'p Row),
+    Lora(&'p Uplink),
+}
+
+/// Replay `rows` into `target`.
+pub async fn replay(rows: &[Row], target: Target<'_>, pace: Pace) -> std::io::Result<Summary> {
     let mut summary = Summary::default();
-    let recorded_modbus: std::collections::HashSet<&str> =
-        rows.iter().filter(|r| r.source == "modbus").map(|r| r.device.as_str()).collect();
-    let served = modbus::serve(buses, &|d| recorded_modbus.contains(d)).await?;
-    let (messages, registers) = plan(rows, mappings, &|d| served.contains(d), &mut summary);
-    let total: u64 = messages.iter().map(|m| m.readings).sum::<u64>() + registers.len() as u64;
+    let recorded = |source: &str| -> std::collections::HashSet<&str> {
+        rows.iter().filter(|r| r.source == source).map(|r| r.device.as_str()).collect()
+    };
+    let (recorded_modbus, recorded_lora) = (recorded("modbus"), recorded("lorawan"));
+    let served = modbus::serve(target.buses, &|d| recorded_modbus.contains(d)).await?;
+    let mut lora = match target.lorawan {
+        Some((config, server)) => {
+            lorawan::Devices::join(config, server, &|d| recorded_lora.contains(d)).await?
+        }
+        None => None,
+    };
+    let planned = {
+        let has_lora = |d: &str| lora.as_ref().is_some_and(|l| l.contains(d));
+        plan(rows, &target.mappings, &|d| served.contains(d), &has_lora, &mut summary)
+    };
+    let mut items: Vec<(Timestamp, Item)> = planned
+        .messages
+        .iter()
+        .map(|m| (m.ts, Item::Mqtt(m)))
+        .chain(planned.registers.iter().map(|r| (r.ts, Item::Modbus(r))))
+        .chain(planned.uplinks.iter().map(|u| (u.ts, Item::Lora(u))))
+        .collect();
+    items.sort_by_key(|(ts, _)| *ts);
+    let total: u64 = planned.messages.iter().map(|m| m.readings).sum::<u64>()
+        + planned.registers.len() as u64
+        + planned.uplinks.iter().map(|u| u.values.len() as u64).sum::<u64>();
+    let broker = target.broker;
     let mut options = MqttOptions::new(
         format!("field-sim-replay-{}", std::process::id()),
         broker.ip().to_string(),
@@ -269,45 +344,62 @@ pub async fn replay(
         })
     };
     let started = Instant::now();
-    let first = match (messages.first(), registers.first()) {
-        (Some(m), Some(r)) => Some(m.ts.min(r.ts)),
-        (m, r) => m.map(|m| m.ts).or(r.map(|r| r.ts)),
-    };
+    let first = items.first().map(|(ts, _)| *ts);
     let mut progress = Progress::new(total);
     let mut sent_readings = 0u64;
-    let mut pending = registers.iter().peekable();
-    let pace_to = |ts: Timestamp| {
-        let due = match (pace, first) {
-            (Pace::Speed(speed), Some(first)) => fieldgate::coordination::secs_between(first, ts) / speed,
-            _ => 0.0,
+    for (ts, item) in &items {
+        if let (Pace::Speed(speed), Some(first)) = (pace, first) {
+            let wait =
+                fieldgate::coordination::secs_between(first, *ts) / speed - started.elapsed().as_secs_f64();
+            if wait > 0.0 {
+                tokio::time::sleep(Duration::from_secs_f64(wait)).await;
+            }
+        }
+        let (device, protocol, readings) = match item {
+            Item::Mqtt(m) => {
+                client
+                    .publish(m.topic.clone(), QoS::AtLeastOnce, false, m.payload.clone())
+                    .await
+                    .map_err(std::io::Error::other)?;
+                summary.messages += 1;
+                (&m.device, "mqtt", m.readings)
+            }
+            Item::Modbus(row) => {
+                if !served.set(&row.device, &row.metric, row.value) {
+                    unsent(&mut summary, &row.device, 1, || {
+                        format!(
+                            "no point for `{}` in the gateway config, or the value does not fit it",
+                            row.metric
+                        )
+                    });
+                    continue;
+                }
+                (&row.device, "modbus", 1)
+            }
+            Item::Lora(u) => {
+                let sent = match lora.as_mut() {
+                    Some(l) => l.send(&u.device, &u.values).await?,
+                    None => false,
+                };
+                if !sent {
+                    unsent(&mut summary, &u.device, u.values.len() as u64, || {
+                        "the device's profile cannot encode these values".to_owned()
+                    });
+                    continue;
+                }
+                (&u.device, "lorawan", u.values.len() as u64)
+            }
         };
-        due - started.elapsed().as_secs_f64()
-    };
-    for m in &messages {
-        // Modbus values due before this message first.
-        while let Some(row) = pending.next_if(|r| r.ts <= m.ts) {
-            sent_readings += set_register(&served, row, &mut summary, pace_to(row.ts)).await;
-        }
-        let wait = pace_to(m.ts);
-        if wait > 0.0 {
-            tokio::time::sleep(Duration::from_secs_f64(wait)).await;
-        }
-        client
-            .publish(m.topic.clone(), QoS::AtLeastOnce, false, m.payload.clone())
-            .await
-            .map_err(std::io::Error::other)?;
-        *summary.sent.entry(m.device.clone()).or_default().entry("mqtt".to_owned()).or_default() +=
-            m.readings;
-        sent_readings += m.readings;
-        summary.messages += 1;
+        *summary.sent.entry(device.clone()).or_default().entry(protocol.to_owned()).or_default() += readings;
+        sent_readings += readings;
         progress.update(sent_readings, started.elapsed());
     }
-    for row in pending {
-        sent_readings += set_register(&served, row, &mut summary, pace_to(row.ts)).await;
-    }
-    if !registers.is_empty() {
+    if !planned.registers.is_empty() {
         // The gateway reads the last values at its next polls: hold them that long.
         tokio::time::sleep(served.hold).await;
+    }
+    if let Some(lora) = lora {
+        summary.lorawan_unacknowledged = lora.finish().await;
     }
     // Every message acknowledged: the gateway has the readings durably.
     let want = summary.messages;
@@ -327,22 +419,8 @@ pub async fn replay(
     Ok(summary)
 }
 
-/// Wait `wait` seconds (the schedule), then put a recorded Modbus value into its device's
-/// registers; the readings it counts.
-async fn set_register(served: &modbus::Devices, row: &Row, summary: &mut Summary, wait: f64) -> u64 {
-    if wait > 0.0 {
-        tokio::time::sleep(Duration::from_secs_f64(wait)).await;
-    }
-    if served.set(&row.device, &row.metric, row.value) {
-        *summary.sent.entry(row.device.clone()).or_default().entry("modbus".to_owned()).or_default() += 1;
-        1
-    } else {
-        let entry = summary.unsent.entry(row.device.clone()).or_insert_with(|| {
-            (format!("no point for `{}` in the gateway config, or the value does not fit it", row.metric), 0)
-        });
-        entry.1 += 1;
-        0
-    }
+fn unsent(summary: &mut Summary, device: &str, readings: u64, why: impl FnOnce() -> String) {
+    summary.unsent.entry(device.to_owned()).or_insert_with(|| (why(), 0)).1 += readings;
 }
 
 /// A progress bar with an ETA on a terminal, a line per 10 % otherwise.
@@ -428,7 +506,7 @@ mod tests {
             row(6_000_000_000, "probe-7", "moisture", 31.0, "lorawan"),
         ];
         let mut summary = Summary::default();
-        let (messages, _) = plan(&rows, &m, &|_| false, &mut summary);
+        let messages = plan(&rows, &m, &|_| false, &|_| false, &mut summary).messages;
         assert_eq!(messages.len(), 2, "{messages:?}");
         let on = |topic: &str| messages.iter().find(|m| m.topic == topic).expect(topic);
         let json: serde_json::Value =
@@ -441,10 +519,7 @@ mod tests {
         // `rpm` has no field in the first mapping: the number mapping carries it.
         assert_eq!(on("sensors/combine-1/rpm").payload.as_slice(), &b"2100"[..]);
         assert_eq!(summary.unsent["probe-7"].1, 1);
-        assert!(
-            summary.unsent["probe-7"].0.contains("recorded from lorawan: its replay is not supported yet"),
-            "{summary:?}"
-        );
+        assert!(summary.unsent["probe-7"].0.contains("no LoRaWAN device of this id"), "{summary:?}");
         assert!(summary.warnings.iter().any(|w| w.contains("sensors/+/+")), "{:?}", summary.warnings);
     }
 
@@ -452,8 +527,9 @@ mod tests {
     fn the_default_mappings_carry_any_device_with_its_time() {
         let m = mappings("");
         let mut summary = Summary::default();
-        let (messages, _) =
-            plan(&[row(7, "bin-1", "level_pct", 40.25, "mqtt")], &m, &|_| false, &mut summary);
+        let messages =
+            plan(&[row(7, "bin-1", "level_pct", 40.25, "mqtt")], &m, &|_| false, &|_| false, &mut summary)
+                .messages;
         assert_eq!(messages[0].topic, "fieldgate/bin-1");
         let json: serde_json::Value = serde_json::from_slice(&messages[0].payload).expect("json");
         assert_eq!(json, serde_json::json!({"level_pct": 40.25, "ts": 7}));

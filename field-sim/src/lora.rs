@@ -134,6 +134,8 @@ pub struct Forwarder {
     inbox: VecDeque<Downstream>,
     /// Answer PULL_RESPs with this TX_ACK error (`None`: sent).
     pub tx_error: Option<String>,
+    /// PUSH_DATA tokens sent by [`Forwarder::push_unwaited`] and not acknowledged yet.
+    unacked: std::collections::HashSet<u16>,
 }
 
 impl Forwarder {
@@ -141,7 +143,15 @@ impl Forwarder {
     pub async fn connect(eui: Eui64, server: SocketAddr) -> io::Result<Self> {
         let socket = UdpSocket::bind((server.ip(), 0)).await?;
         socket.connect(server).await?;
-        Ok(Forwarder { eui, socket, token: 0, tmst: 1_000_000, inbox: VecDeque::new(), tx_error: None })
+        Ok(Forwarder {
+            eui,
+            socket,
+            token: 0,
+            tmst: 1_000_000,
+            inbox: VecDeque::new(),
+            tx_error: None,
+            unacked: Default::default(),
+        })
     }
 
     fn next_token(&mut self) -> u16 {
@@ -166,6 +176,56 @@ impl Forwarder {
         let token = self.next_token();
         self.socket.send(&gwmp::push_data(2, token, self.eui, std::slice::from_ref(&rxpk))).await?;
         Ok((token, rxpk))
+    }
+
+    /// Join `device` over the air: a JoinRequest, its PUSH_ACK and the JoinAccept, up to
+    /// `attempts` times.
+    pub async fn join(&mut self, device: &mut Device, attempts: usize, timeout: Duration) -> io::Result<()> {
+        for _ in 0..attempts {
+            let request = device.join_request();
+            let (token, _) = self.push(&request, -80, 7.0).await?;
+            self.push_ack(token, timeout).await?;
+            if let Ok(accept) = self.pull_resp(timeout).await
+                && device.join_accept(&accept.data).is_ok()
+            {
+                return Ok(());
+            }
+        }
+        Err(io::Error::other(format!("{} could not join the network server", device.id)))
+    }
+
+    /// Send a packet without waiting for its PUSH_ACK (which comes once the gateway made the
+    /// readings durable), for devices that keep a schedule; [`Forwarder::unacknowledged`]
+    /// counts what never came. Downlinks are read and dropped: the caller's devices act on
+    /// none.
+    pub async fn push_unwaited(
+        &mut self,
+        phy: &[u8],
+        rssi: i32,
+        snr: f64,
+        timeout: Duration,
+    ) -> io::Result<()> {
+        let (token, _) = self.push(phy, rssi, snr).await?;
+        self.unacked.insert(token);
+        for acked in self.take_push_acks() {
+            self.unacked.remove(&acked);
+        }
+        while self.has_pull_resp() {
+            let _ = self.pull_resp(timeout).await?;
+        }
+        Ok(())
+    }
+
+    /// Wait up to `timeout` for each acknowledgement still due from
+    /// [`Forwarder::push_unwaited`]; how many never came.
+    pub async fn unacknowledged(&mut self, timeout: Duration) -> u64 {
+        let mut missing = 0;
+        for token in std::mem::take(&mut self.unacked) {
+            if self.push_ack(token, timeout).await.is_err() {
+                missing += 1;
+            }
+        }
+        missing
     }
 
     /// Report statistics (as forwarders do every 30 s) and wait for the PUSH_ACK.

@@ -75,9 +75,6 @@ pub fn lorawan_config(scenario: &Scenario, listen: SocketAddr) -> String {
 struct Scales {
     forwarder: Forwarder,
     devices: Vec<Device>,
-    /// PUSH_DATA tokens not acknowledged yet. A PUSH_ACK comes once the readings are durable
-    /// (after the gateway's dedup window), so the world does not wait for it.
-    outstanding: std::collections::HashSet<u16>,
 }
 
 impl Scales {
@@ -91,22 +88,13 @@ impl Scales {
             let nonce = ((Timestamp::now().as_nanos() >> 16) as u16).wrapping_add(i as u16 * 4099);
             let mut device =
                 Device::otaa(&super::scenario::scale_id(i), scale_eui(i), scale_key(i), scale_codec(), nonce);
-            let mut attempts = 0;
-            loop {
-                let request = device.join_request();
-                let (token, _) = forwarder.push(&request, -80, 7.0).await?;
-                forwarder.push_ack(token, LORA_ANSWER).await?;
-                match forwarder.pull_resp(LORA_ANSWER).await {
-                    Ok(accept) if device.join_accept(&accept.data).is_ok() => break,
-                    _ if attempts < 3 => attempts += 1,
-                    _ => {
-                        return Err(std::io::Error::other(format!("{} could not join {gateway}", device.id)));
-                    }
-                }
-            }
+            forwarder
+                .join(&mut device, 4, LORA_ANSWER)
+                .await
+                .map_err(|e| std::io::Error::new(e.kind(), format!("{e} at {gateway}")))?;
             devices.push(device);
         }
-        Ok(Scales { forwarder, devices, outstanding: Default::default() })
+        Ok(Scales { forwarder, devices })
     }
 
     async fn send(&mut self, cart: usize, weight_kg: f64) -> std::io::Result<()> {
@@ -116,27 +104,14 @@ impl Scales {
             SCALE_PORT,
             false,
         );
-        let (token, _) = self.forwarder.push(&frame, -85, 6.0).await?;
-        self.outstanding.insert(token);
-        for acked in self.forwarder.take_push_acks() {
-            self.outstanding.remove(&acked);
-        }
-        // Downlinks (MAC answers) are read and dropped: a load cell acts on none.
-        while self.forwarder.has_pull_resp() {
-            let _ = self.forwarder.pull_resp(LORA_ANSWER).await?;
-        }
-        Ok(())
+        // The world keeps its schedule: the PUSH_ACK (after the gateway's dedup window) is
+        // not waited for; downlinks are dropped, a load cell acts on none.
+        self.forwarder.push_unwaited(&frame, -85, 6.0, LORA_ANSWER).await
     }
 
     /// Wait for the acknowledgements still due; returns how many never came.
     async fn finish(mut self) -> u64 {
-        let mut missing = 0;
-        for token in std::mem::take(&mut self.outstanding) {
-            if self.forwarder.push_ack(token, LORA_ANSWER).await.is_err() {
-                missing += 1;
-            }
-        }
-        missing
+        self.forwarder.unacknowledged(LORA_ANSWER).await
     }
 }
 

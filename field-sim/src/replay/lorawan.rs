@@ -13,7 +13,7 @@ use fieldgate_adapters::lorawan::codec::Codec;
 use fieldgate_adapters::lorawan::gwmp::Eui64;
 use fieldgate_adapters::lorawan::session::Activation;
 use fieldgate_proto::{Metric, Timestamp};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -30,7 +30,6 @@ pub fn is_link_metric(metric: &str) -> bool {
 pub struct Devices {
     forwarder: Forwarder,
     devices: HashMap<String, Device>,
-    outstanding: HashSet<u16>,
 }
 
 impl Devices {
@@ -72,14 +71,17 @@ impl Devices {
                     if let Some(join_eui) = join_eui {
                         device.join_eui = *join_eui;
                     }
-                    join(&mut forwarder, &mut device, server).await?;
+                    forwarder
+                        .join(&mut device, 3, ANSWER)
+                        .await
+                        .map_err(|e| std::io::Error::new(e.kind(), format!("{e} at {server}")))?;
                     device
                 }
             };
             device.fcnt_up = 0;
             devices.insert(d.device.to_string(), device);
         }
-        Ok(Some(Devices { forwarder, devices, outstanding: HashSet::new() }))
+        Ok(Some(Devices { forwarder, devices }))
     }
 
     /// Send `values` as one uplink of `device`; false when its codec cannot carry them.
@@ -93,40 +95,13 @@ impl Devices {
             return Ok(false);
         }
         let frame = d.uplink(values, port, false);
-        let (token, _) = self.forwarder.push(&frame, -90, 5.0).await?;
-        self.outstanding.insert(token);
-        for acked in self.forwarder.take_push_acks() {
-            self.outstanding.remove(&acked);
-        }
-        // Downlinks (MAC answers, queued setpoints) are read and dropped: a replay acts on none.
-        while self.forwarder.has_pull_resp() {
-            let _ = self.forwarder.pull_resp(ANSWER).await?;
-        }
+        // Downlinks (MAC answers, queued setpoints) are dropped: a replay acts on none.
+        self.forwarder.push_unwaited(&frame, -90, 5.0, ANSWER).await?;
         Ok(true)
     }
 
     /// Wait for the acknowledgements still due; returns how many never came.
     pub async fn finish(mut self) -> u64 {
-        let mut missing = 0;
-        for token in std::mem::take(&mut self.outstanding) {
-            if self.forwarder.push_ack(token, ANSWER).await.is_err() {
-                missing += 1;
-            }
-        }
-        missing
+        self.forwarder.unacknowledged(ANSWER).await
     }
-}
-
-async fn join(forwarder: &mut Forwarder, device: &mut Device, server: SocketAddr) -> std::io::Result<()> {
-    for _ in 0..3 {
-        let request = device.join_request();
-        let (token, _) = forwarder.push(&request, -80, 7.0).await?;
-        forwarder.push_ack(token, ANSWER).await?;
-        if let Ok(accept) = forwarder.pull_resp(ANSWER).await
-            && device.join_accept(&accept.data).is_ok()
-        {
-            return Ok(());
-        }
-    }
-    Err(std::io::Error::other(format!("{} could not join the network server at {server}", device.id)))
 }

@@ -193,15 +193,6 @@ impl Tracker {
         Tracker { specs, origin, stale_after, sync_s, seen: HashMap::new(), scales }
     }
 
-    pub fn specs(&self) -> &[MachineSpec] {
-        &self.specs
-    }
-
-    /// Whether readings of `device` matter here (a machine or a machine's scale).
-    pub fn wants(&self, device: &DeviceId) -> bool {
-        self.scales.contains_key(device) || self.specs.iter().any(|s| &s.device == device)
-    }
-
     /// Take one reading. Older readings than the one held for a metric are ignored, so a
     /// replayed or late message does not move a machine back.
     pub fn observe(&mut self, device: &DeviceId, metric: &str, ts: Timestamp, value: f64) {

@@ -6,7 +6,7 @@ use fieldgate_adapters::lorawan::codec::Codec;
 use fieldgate_adapters::lorawan::gwmp::{self, DataRate, Downstream, Eui64, Rxpk, Txpk};
 use fieldgate_adapters::lorawan::join;
 use fieldgate_adapters::lorawan::mac::{self, Frame, FrameError, SessionKeys, Uplink};
-use fieldgate_proto::Metric;
+use fieldgate_proto::{Metric, Timestamp};
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
@@ -171,8 +171,20 @@ impl Forwarder {
     /// Send one packet as heard with `rssi`/`snr`; returns the PUSH_DATA's token and the
     /// packet as sent.
     pub async fn push(&mut self, phy: &[u8], rssi: i32, snr: f64) -> io::Result<(u16, Rxpk)> {
+        self.push_heard_at(phy, rssi, snr, None).await
+    }
+
+    /// [`Forwarder::push`], as a concentrator with GPS time reports it: heard at `time`.
+    pub async fn push_heard_at(
+        &mut self,
+        phy: &[u8],
+        rssi: i32,
+        snr: f64,
+        time: Option<Timestamp>,
+    ) -> io::Result<(u16, Rxpk)> {
         self.tmst = self.tmst.wrapping_add(1_000_003);
-        let rxpk = received(phy, self.tmst, rssi, snr);
+        let mut rxpk = received(phy, self.tmst, rssi, snr);
+        rxpk.time = time.map(|t| t.to_string());
         let token = self.next_token();
         self.socket.send(&gwmp::push_data(2, token, self.eui, std::slice::from_ref(&rxpk))).await?;
         Ok((token, rxpk))
@@ -203,9 +215,10 @@ impl Forwarder {
         phy: &[u8],
         rssi: i32,
         snr: f64,
+        time: Option<Timestamp>,
         timeout: Duration,
     ) -> io::Result<()> {
-        let (token, _) = self.push(phy, rssi, snr).await?;
+        let (token, _) = self.push_heard_at(phy, rssi, snr, time).await?;
         self.unacked.insert(token);
         for acked in self.take_push_acks() {
             self.unacked.remove(&acked);

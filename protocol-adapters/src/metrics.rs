@@ -77,6 +77,8 @@ pub struct AdapterMetrics {
     pub lorawan_downlinks: Family<OutcomeLabels, Counter>,
     /// Concentrators that have opened a downlink path (PULL_DATA).
     pub lorawan_gateways: Gauge,
+    /// Frames whose concentrator time of reception was not believed (stored at arrival time).
+    pub lorawan_concentrator_time_ignored: Counter,
     logged: Arc<Mutex<LogState>>,
 }
 
@@ -101,6 +103,7 @@ impl AdapterMetrics {
             lorawan_duplicates: Counter::default(),
             lorawan_downlinks: Family::default(),
             lorawan_gateways: Gauge::default(),
+            lorawan_concentrator_time_ignored: Counter::default(),
             logged: Arc::default(),
         };
         for outcome in ["ok", "exception", "timeout", "error"] {
@@ -157,6 +160,12 @@ impl AdapterMetrics {
             "Concentrators with an open downlink path (PULL_DATA heard)",
             m.lorawan_gateways.clone(),
         );
+        r.register(
+            "lorawan_concentrator_time_ignored",
+            "LoRaWAN frames whose concentrator time of reception was unreadable or implausible, \
+             stored at their arrival time instead",
+            m.lorawan_concentrator_time_ignored.clone(),
+        );
         m
     }
 
@@ -186,14 +195,25 @@ impl AdapterMetrics {
         why: &dyn std::fmt::Display,
     ) {
         self.inputs_rejected.get_or_create(&InputLabels { source, reason }).inc();
+        if let Some(suppressed) = self.may_log(source, reason) {
+            tracing::warn!(source, reason, place, suppressed, "input rejected: {why}");
+        }
+    }
+
+    /// Whether a line about (source, reason) may be logged now (at most one per
+    /// `LOG_INTERVAL`), and if so how many were held back since the last one.
+    pub fn may_log(&self, source: &'static str, reason: &'static str) -> Option<u64> {
         let mut logged = self.logged.lock().unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
         match logged.get_mut(&(source, reason)) {
-            Some((last, suppressed)) if now.duration_since(*last) < LOG_INTERVAL => *suppressed += 1,
+            Some((last, suppressed)) if now.duration_since(*last) < LOG_INTERVAL => {
+                *suppressed += 1;
+                None
+            }
             entry => {
                 let suppressed = entry.map_or(0, |e| std::mem::take(&mut e.1));
                 logged.insert((source, reason), (now, 0));
-                tracing::warn!(source, reason, place, suppressed, "input rejected: {why}");
+                Some(suppressed)
             }
         }
     }

@@ -225,7 +225,35 @@ app_s_key = "22222222222222222222222222222222"
     assert_eq!(rejected(addr, "repeated"), 1.0);
     assert_eq!(rejected(addr, "dev_nonce_replayed"), 1.0);
     assert_eq!(metric(addr, "fieldgate_lorawan_uplinks_total"), Some(1.0));
+
+    // A GPS concentrator's time of reception is the readings' time, when it is believable: ten
+    // minutes old is (a forwarder that buffered through an outage), two days old or five
+    // minutes ahead of the gateway's clock is not, and those frames keep their arrival time.
+    let now = fieldgate_proto::Timestamp::now();
+    let minutes = |m: i64| fieldgate_proto::Timestamp::from_nanos(now.as_nanos() + m * 60_000_000_000);
+    let heard = [(5.0, minutes(-10)), (6.0, minutes(-2 * 24 * 60)), (7.0, minutes(5))];
+    rt.block_on(async {
+        let mut fw1 = Forwarder::connect(GW1, server).await.unwrap();
+        for (value, at) in heard {
+            let frame = gauge.uplink(&temperature(value), 1, false);
+            let (t, _) = fw1.push_heard_at(&frame, -90, 3.0, Some(at)).await.unwrap();
+            fw1.push_ack(t, EVENT_TIMEOUT).await.unwrap();
+        }
+    });
+    let after = fieldgate_proto::Timestamp::now();
+    assert_eq!(metric(addr, "fieldgate_lorawan_concentrator_time_ignored_total"), Some(2.0));
     gw.stop_cleanly();
+    let stored = |value: f64| {
+        fieldgate_tests::recording_rows(&dir.path().join("data"))
+            .into_iter()
+            .find(|r| r.0 == "gauge-2" && r.1 == "temperature_3" && r.3 == value)
+            .unwrap()
+            .2
+    };
+    assert_eq!(stored(5.0), minutes(-10).as_nanos());
+    for value in [6.0, 7.0] {
+        assert!((now.as_nanos()..=after.as_nanos()).contains(&stored(value)), "{value} at its arrival");
+    }
 
     // Every accepted uplink is in the recordings exactly once, with its link metrics.
     let rows = recorded_values(&dir.path().join("data"));
@@ -235,7 +263,7 @@ app_s_key = "22222222222222222222222222222222"
         v
     };
     assert_eq!(of("soil-1", "temperature_3"), vec![21.5, 22.0, 22.5, 23.0, 24.0]);
-    assert_eq!(of("gauge-2", "temperature_3"), vec![4.0]);
+    assert_eq!(of("gauge-2", "temperature_3"), vec![4.0, 5.0, 6.0, 7.0]);
     assert_eq!(of("soil-1", "lora_receivers"), vec![1.0, 1.0, 1.0, 2.0, 2.0], "two frames heard twice");
     assert!(of("soil-1", "lora_snr_db").contains(&9.0), "the best reception's SNR");
 }

@@ -152,7 +152,7 @@ fn recorded_modbus_values_are_served_again_and_polled_by_a_fresh_gateway() {
 }
 
 #[test]
-fn recorded_lorawan_uplinks_are_sent_again_by_simulated_devices_with_the_same_values() {
+fn recorded_lorawan_uplinks_replayed_by_simulated_devices_give_the_same_rollups() {
     use std::io::BufRead;
     let recorded = tempfile::tempdir().unwrap();
     // field-sim's soil probes (OTAA, Cayenne LPP): their gateway sections first.
@@ -165,7 +165,11 @@ fn recorded_lorawan_uplinks_are_sent_again_by_simulated_devices_with_the_same_va
     assert!(status.success());
     let probes = std::fs::read_to_string(&probes).unwrap();
     let lorawan = format!("[lorawan]\nlisten = \"127.0.0.1:0\"\ndedup_window = \"0s\"\n{probes}");
-    let config = write_config(recorded.path(), &format!("[store]\nrecordings = [\"lorawan\"]\n\n{lorawan}"));
+    // One-second windows: a few seconds of uplinks every 200 ms close several. No lateness
+    // allowed: replayed as fast as possible, a burst of frames must still reach the store in
+    // order.
+    let store = "[store]\nwindows = [\"1s\", \"1m\"]\nallowed_lateness = \"0s\"\n";
+    let config = write_config(recorded.path(), &format!("{store}recordings = [\"lorawan\"]\n\n{lorawan}"));
     let mut gw = GatewayProcess::spawn(&["run", "--config", config.to_str().unwrap()]);
     let server = gw.wait_for("lorawan network server listening")["addr"].as_str().unwrap().to_owned();
     let http = gw.wait_started();
@@ -179,34 +183,46 @@ fn recorded_lorawan_uplinks_are_sent_again_by_simulated_devices_with_the_same_va
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
     assert!(line.contains("\"joined\":2"), "{line}");
-    fieldgate_tests::wait_metric(http, "fieldgate_lorawan_uplinks_total", 20.0);
+    fieldgate_tests::wait_metric(http, "fieldgate_lorawan_uplinks_total", 60.0);
     sim.kill().unwrap();
     sim.wait().unwrap();
     drop(out);
     gw.stop_cleanly();
     let original = fieldgate_tests::recording_rows(&recorded.path().join("data"));
-    let payload = |rows: &[(String, String, i64, f64)]| -> Vec<(String, String, f64)> {
-        let mut v: Vec<_> = rows
-            .iter()
-            .filter(|r| !r.1.starts_with("lora_"))
-            .map(|r| (r.0.clone(), r.1.clone(), r.3))
-            .collect();
-        // Per device and metric, in time order (the sort is stable).
-        v.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
-        v
+    // The devices' own readings; the link figures (RSSI, SNR, receivers) are the new gateway's.
+    let payload = |mut rows: Vec<(String, String, i64, f64)>| {
+        rows.retain(|r| !r.1.starts_with("lora_"));
+        rows.sort_by(|a, b| (&a.0, &a.1, a.2).cmp(&(&b.0, &b.1, b.2)));
+        rows
     };
-    let sent = payload(&original);
+    let rollups = |data: &std::path::Path| {
+        let mut r = rollup_stats(data, "1s");
+        r.retain(|s| !s.metric.starts_with("lora_"));
+        r
+    };
+    let original_rollups = rollups(&recorded.path().join("data"));
+    let sent = payload(original);
     assert!(sent.len() >= 60, "{} payload readings recorded", sent.len());
+    assert!(original_rollups.len() >= 4, "{original_rollups:?}");
 
-    // A fresh gateway with the same devices; the replay joins them anew.
+    // A fresh gateway with the same devices; the replay joins them anew, and its forwarder
+    // reports each uplink as heard at its recorded time (GPS time).
     let fresh = tempfile::tempdir().unwrap();
-    let config = write_config(fresh.path(), &format!("[store]\nrecordings = true\n\n{lorawan}"));
+    let config = write_config(fresh.path(), &format!("{store}recordings = true\n\n{lorawan}"));
     let recording = recorded.path().join("data").join("recordings");
-    let (mut gw, summary) = replay_into(&config, &recording, "--speed=4", true);
+    let (mut gw, summary) = replay_into(&config, &recording, "--as-fast-as-possible", true);
     assert_eq!(summary["unsent"], serde_json::json!({}), "{summary}");
     assert_eq!(summary["lorawan_unacknowledged"], 0, "{summary}");
+    assert_eq!(summary["warnings"], serde_json::json!([]), "{summary}");
     assert_eq!(summary["readings"].as_u64().unwrap() as usize, sent.len(), "{summary}");
     gw.stop_cleanly();
-    // The same values, device by device and metric by metric, in the same order.
-    assert_eq!(payload(&fieldgate_tests::recording_rows(&fresh.path().join("data"))), sent);
+    // The same readings at the same times, and so the same windows.
+    assert_eq!(payload(fieldgate_tests::recording_rows(&fresh.path().join("data"))), sent);
+    let replayed = rollups(&fresh.path().join("data"));
+    assert_eq!(replayed.len(), original_rollups.len());
+    for (a, b) in original_rollups.iter().zip(&replayed) {
+        let exact = (&a.device, &a.metric, a.window_start, a.count, a.min, a.max, a.first, a.last);
+        assert_eq!(exact, (&b.device, &b.metric, b.window_start, b.count, b.min, b.max, b.first, b.last));
+        assert!((a.mean - b.mean).abs() <= 1e-9 * a.mean.abs().max(1.0), "{a:?} vs {b:?}");
+    }
 }

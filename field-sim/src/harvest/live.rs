@@ -106,7 +106,7 @@ impl Scales {
         );
         // The world keeps its schedule: the PUSH_ACK (after the gateway's dedup window) is
         // not waited for; downlinks are dropped, a load cell acts on none.
-        self.forwarder.push_unwaited(&frame, -85, 6.0, LORA_ANSWER).await
+        self.forwarder.push_unwaited(&frame, -85, 6.0, None, LORA_ANSWER).await
     }
 
     /// Wait for the acknowledgements still due; returns how many never came.

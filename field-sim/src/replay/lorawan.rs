@@ -5,7 +5,8 @@
 //!
 //! The link metrics the gateway adds to every uplink (`lora_rssi_dbm`, `lora_snr_db`,
 //! `lora_receivers`) are not payload: they are not sent, and the new gateway measures its own.
-//! LoRaWAN carries no timestamps: the gateway stores the values at the time they arrive.
+//! Each uplink is sent as a GPS concentrator reports it, heard at its recorded time, which the
+//! gateway stores (`[lorawan] concentrator_time`): the replayed windows are the recorded ones.
 
 use crate::lora::{Device, Forwarder};
 use fieldgate::config::LorawanConfig;
@@ -23,6 +24,28 @@ const ANSWER: Duration = Duration::from_secs(10);
 /// Whether a recorded metric is one the gateway adds from the radio, not the device's.
 pub fn is_link_metric(metric: &str) -> bool {
     metric.starts_with("lora_")
+}
+
+/// Why the target gateway would store replayed uplinks at their arrival time rather than
+/// their recorded time (`oldest` is the first uplink's), if it would.
+pub fn time_warning(oldest: Timestamp, now: Timestamp, config: &LorawanConfig) -> Option<String> {
+    let Some(max_age) = config.adapter.concentrator_time_max_age else {
+        return Some(
+            "the gateway config has `[lorawan] concentrator_time = false`: replayed uplinks are stored at the \
+             time they arrive, not when they were recorded"
+                .to_owned(),
+        );
+    };
+    let age = now.duration_since(oldest);
+    (age > max_age).then(|| {
+        format!(
+            "the recording's LoRaWAN uplinks are up to {} old, more than the gateway's `[lorawan] \
+             concentrator_time_max_age` ({}): it stores those at the time they arrive; raise it to keep \
+             the recorded times",
+            humantime::format_duration(Duration::from_secs(age.as_secs())),
+            humantime::format_duration(max_age),
+        )
+    })
 }
 
 /// The replayed LoRaWAN devices, joined, behind one forwarder.
@@ -84,8 +107,14 @@ impl Devices {
         Ok(Some(Devices { forwarder, devices }))
     }
 
-    /// Send `values` as one uplink of `device`; false when its codec cannot carry them.
-    pub async fn send(&mut self, device: &str, values: &[(Metric, f64)]) -> std::io::Result<bool> {
+    /// Send `values` as one uplink of `device`, heard (by the concentrator's GPS clock) at
+    /// `at`; false when its codec cannot carry them.
+    pub async fn send(
+        &mut self,
+        device: &str,
+        values: &[(Metric, f64)],
+        at: Timestamp,
+    ) -> std::io::Result<bool> {
         let Some(d) = self.devices.get_mut(device) else { return Ok(false) };
         let port = match &d.codec {
             Codec::Layout(layout) => layout.port.unwrap_or(1),
@@ -96,7 +125,7 @@ impl Devices {
         }
         let frame = d.uplink(values, port, false);
         // Downlinks (MAC answers, queued setpoints) are dropped: a replay acts on none.
-        self.forwarder.push_unwaited(&frame, -90, 5.0, ANSWER).await?;
+        self.forwarder.push_unwaited(&frame, -90, 5.0, Some(at), ANSWER).await?;
         Ok(true)
     }
 

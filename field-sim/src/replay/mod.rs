@@ -243,12 +243,6 @@ fn plan<'r>(
             "the mapping of `{filter}` has no timestamp field: its readings are stored at the time they arrive, not when they were recorded"
         ));
     }
-    if !uplinks.is_empty() {
-        summary.warnings.push(
-            "LoRaWAN carries no timestamps: the gateway stores the replayed uplinks at the time they arrive"
-                .to_owned(),
-        );
-    }
     Planned { messages: out, registers, uplinks }
 }
 
@@ -296,6 +290,11 @@ pub async fn replay(rows: &[Row], target: Target<'_>, pace: Pace) -> std::io::Re
         let has_lora = |d: &str| lora.as_ref().is_some_and(|l| l.contains(d));
         plan(rows, &target.mappings, &|d| served.contains(d), &has_lora, &mut summary)
     };
+    if let (Some(first), Some((config, _))) = (planned.uplinks.first(), target.lorawan)
+        && let Some(warning) = lorawan::time_warning(first.ts, Timestamp::now(), config)
+    {
+        summary.warnings.push(warning);
+    }
     let mut items: Vec<(Timestamp, Item)> = planned
         .messages
         .iter()
@@ -378,7 +377,7 @@ pub async fn replay(rows: &[Row], target: Target<'_>, pace: Pace) -> std::io::Re
             }
             Item::Lora(u) => {
                 let sent = match lora.as_mut() {
-                    Some(l) => l.send(&u.device, &u.values).await?,
+                    Some(l) => l.send(&u.device, &u.values, u.ts).await?,
                     None => false,
                 };
                 if !sent {
@@ -534,5 +533,27 @@ mod tests {
         let json: serde_json::Value = serde_json::from_slice(&messages[0].payload).expect("json");
         assert_eq!(json, serde_json::json!({"level_pct": 40.25, "ts": 7}));
         assert!(summary.warnings.is_empty() && summary.unsent.is_empty());
+    }
+
+    #[test]
+    fn uplinks_older_than_the_gateway_believes_a_concentrator_are_warned_about() {
+        let lorawan = |extra: &str| {
+            let src = format!("[gateway]\nid = \"gw\"\n[lorawan]\n{extra}");
+            let config =
+                Config::parse(&src, std::path::Path::new("/tmp/fieldgate.toml"), &|_| None).expect("valid");
+            config.lorawan.expect("lorawan on")
+        };
+        let now = Timestamp::from_nanos(1_800_000_000_000_000_000);
+        let ago = |s: i64| Timestamp::from_nanos(now.as_nanos() - s * 1_000_000_000);
+        let default = lorawan("");
+        assert_eq!(lorawan::time_warning(ago(600), now, &default), None);
+        let old = lorawan::time_warning(ago(3 * 3600), now, &default).expect("3 h is beyond 1 h");
+        assert!(old.contains("up to 3h old") && old.contains("concentrator_time_max_age` (1h)"), "{old}");
+        assert_eq!(
+            lorawan::time_warning(ago(3 * 3600), now, &lorawan("concentrator_time_max_age = \"400days\"")),
+            None
+        );
+        let off = lorawan::time_warning(ago(1), now, &lorawan("concentrator_time = false")).expect("off");
+        assert!(off.contains("concentrator_time = false"), "{off}");
     }
 }

@@ -44,6 +44,10 @@ pub(crate) struct RawLorawan {
     dedup_window: HumanDuration,
     #[serde(default = "default_lead")]
     downlink_lead: HumanDuration,
+    #[serde(default = "yes")]
+    concentrator_time: bool,
+    #[serde(default = "default_concentrator_age")]
+    concentrator_time_max_age: HumanDuration,
     #[serde(default, rename = "profile")]
     profiles: Vec<RawProfile>,
     #[serde(default, rename = "device")]
@@ -105,6 +109,9 @@ fn default_dedup() -> HumanDuration {
 }
 fn default_lead() -> HumanDuration {
     HumanDuration(Duration::from_millis(100))
+}
+fn default_concentrator_age() -> HumanDuration {
+    HumanDuration(Duration::from_secs(3600))
 }
 fn default_command_port() -> u8 {
     10
@@ -175,6 +182,13 @@ impl Validator {
             Duration::ZERO,
             Duration::from_millis(900),
         );
+        let max_age = self.duration(
+            "lorawan.concentrator_time_max_age",
+            raw.concentrator_time_max_age,
+            Duration::from_secs(1),
+            Duration::from_secs(10 * 365 * 86_400),
+        );
+        let concentrator_time_max_age = raw.concentrator_time.then_some(max_age);
         let mut profiles: HashMap<String, (Arc<fieldgate_adapters::lorawan::codec::Codec>, u8)> =
             HashMap::new();
         profiles.insert(CAYENNE.to_owned(), (Arc::new(Codec::CayenneLpp), default_command_port()));
@@ -217,7 +231,7 @@ impl Validator {
         raw.enabled.then_some(LorawanConfig {
             listen,
             network: NetworkSettings { region, net_id },
-            adapter: AdapterSettings { gateways, dedup_window, downlink_lead },
+            adapter: AdapterSettings { gateways, dedup_window, downlink_lead, concentrator_time_max_age },
             devices,
         })
     }

@@ -40,7 +40,15 @@ pub struct AdapterSettings {
     pub dedup_window: Duration,
     /// How far ahead of a receive window a PULL_RESP must leave.
     pub downlink_lead: Duration,
+    /// Store readings at the concentrator's GPS time of reception (`rxpk.time`) when it is at
+    /// most this old by the gateway clock (and at most [`CONCENTRATOR_AHEAD`] ahead of it);
+    /// `None` stores every reading at its arrival time.
+    pub concentrator_time_max_age: Option<Duration>,
 }
+
+/// How far a concentrator's time of reception may be ahead of the gateway clock and still be
+/// believed: GPS time is exact, but the gateway's own clock may be off by this much.
+pub const CONCENTRATOR_AHEAD: Duration = Duration::from_secs(60);
 
 /// What a queued downlink carries.
 #[derive(Debug, Clone, PartialEq)]
@@ -138,6 +146,10 @@ struct Adapter {
     generation: u64,
     saving: Option<u64>,
     saved: watch::Sender<u64>,
+    /// Resolves once the last uplink decided has handed its readings to the store (or gave
+    /// up): each uplink waits for the one before, so a device's readings reach the store in
+    /// the order its frames were decided, even when a burst shares one state save.
+    last_handed: Option<oneshot::Receiver<()>>,
 }
 
 /// Run the adapter until `shutdown`: serve `socket`, queue `commands`, save state to `state`.
@@ -175,6 +187,7 @@ pub async fn run(
         generation: 0,
         saving: None,
         saved: watch::channel(0).0,
+        last_handed: None,
     };
     a.report();
     let mut buf = vec![0u8; MAX_DATAGRAM];
@@ -348,8 +361,9 @@ impl Adapter {
             .cloned()
             .expect("at least one reception");
         let receivers = g.receptions.iter().map(|r| r.0).collect::<HashSet<_>>().len();
+        let at = self.reception_time(&best, &g);
         let frame = Frame { best, heard: g.heard, datagrams: g.datagrams };
-        match self.server.handle(phy, &frame.best.1, receivers, g.received) {
+        match self.server.handle(phy, &frame.best.1, receivers, at) {
             Err(r) => {
                 let place = r.device.as_ref().map_or_else(|| frame.best.0.to_string(), |d| d.to_string());
                 self.reject(r.reason, &place, &r.detail);
@@ -377,12 +391,20 @@ impl Adapter {
                 let wait = self.reserve();
                 let sink = self.sink.clone();
                 let received = g.received;
+                let (handed, next) = oneshot::channel::<()>();
+                let before = self.last_handed.replace(next);
                 self.work.push(Box::pin(async move {
                     if !wait.await {
                         return Done::Nothing;
                     }
+                    if let Some(before) = before {
+                        // Sent or dropped: either way the frame before is out of the way.
+                        let _ = before.await;
+                    }
                     if !up.readings.is_empty() {
-                        let durable = match sink.submit(up.readings, received).await {
+                        let submitted = sink.submit(up.readings, received).await;
+                        drop(handed);
+                        let durable = match submitted {
                             Ok(ack) => ack.await,
                             Err(e) => Err(e),
                         };
@@ -394,6 +416,41 @@ impl Adapter {
                 }));
             }
         }
+    }
+
+    /// When a frame was received: the concentrator's GPS time if one sent a believable one (the
+    /// best reception's first), else the gateway clock when the first copy arrived. A GPS
+    /// concentrator's time is right even when the gateway's clock drifts, and it is the time
+    /// the radio heard the frame, not when a forwarder that buffered through a backhaul outage
+    /// got round to sending it.
+    fn reception_time(&self, best: &(Eui64, Rxpk), g: &Gathering) -> Timestamp {
+        let Some(max_age) = self.settings.concentrator_time_max_age else { return g.received };
+        let mut offered = false;
+        for (_, rxpk) in std::iter::once(best).chain(&g.receptions) {
+            let Some(text) = &rxpk.time else { continue };
+            offered = true;
+            let Ok(at) = Timestamp::parse_rfc3339(text) else { continue };
+            let ahead = at.duration_since(g.received);
+            let behind = g.received.duration_since(at);
+            if ahead <= CONCENTRATOR_AHEAD && behind <= max_age {
+                return at;
+            }
+        }
+        if offered {
+            self.metrics.lorawan_concentrator_time_ignored.inc();
+            if let Some(suppressed) = self.metrics.may_log("lorawan", "concentrator_time") {
+                tracing::warn!(
+                    gateway = %best.0,
+                    suppressed,
+                    time = best.1.time.as_deref().unwrap_or(""),
+                    "lorawan: the concentrator's time of reception is unreadable, more than {}s ahead of \
+                     this gateway's clock or older than concentrator_time_max_age; the frame is stored \
+                     at its arrival time",
+                    CONCENTRATOR_AHEAD.as_secs()
+                );
+            }
+        }
+        g.received
     }
 
     /// Record a state change that must be saved before what follows it; the future resolves

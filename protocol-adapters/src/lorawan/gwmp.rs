@@ -442,11 +442,15 @@ pub fn push_data(version: u8, token: u16, gateway: Eui64, packets: &[Rxpk]) -> V
     let rxpk: Vec<serde_json::Value> = packets
         .iter()
         .map(|p| {
-            serde_json::json!({
+            let mut packet = serde_json::json!({
                 "tmst": p.tmst, "freq": p.freq, "chan": p.chan.unwrap_or(0), "rfch": p.rfch.unwrap_or(0),
                 "stat": p.stat, "modu": p.modu, "datr": p.datr, "codr": p.codr.as_deref().unwrap_or("4/5"),
                 "rssi": p.rssi, "lsnr": p.lsnr.unwrap_or(0.0), "size": p.data.len(), "data": BASE64.encode(&p.data),
-            })
+            });
+            if let Some(time) = &p.time {
+                packet["time"] = time.as_str().into();
+            }
+            packet
         })
         .collect();
     let mut out = upstream(version, token, PUSH_DATA, gateway);

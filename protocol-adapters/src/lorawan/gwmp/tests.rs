@@ -140,7 +140,7 @@ fn the_forwarders_side_round_trips_through_the_servers_side() {
     let gw = Eui64(GW);
     let packet = Rxpk {
         tmst: 77,
-        time: None,
+        time: Some("2026-09-01T06:00:01.528002Z".into()),
         freq: 868.3,
         chan: Some(1),
         rfch: Some(0),

@@ -323,6 +323,72 @@ fn exceptions_back_off_only_their_device_writes_land_and_a_restarted_server_is_f
 }
 
 #[test]
+fn a_device_clock_stamps_each_sample_once_and_an_implausible_one_is_not_believed() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = json!({"units": {"1": [
+        {"table": "holding_register", "address": 0, "type": "u32", "raw": 0},
+        {"table": "holding_register", "address": 2, "type": "u16", "raw": 7}]}});
+    let server = ModbusServer::tcp(dir.path(), &spec);
+    let device = format!(
+        r#"
+[store]
+recordings = true
+
+[[modbus.device]]
+id = "logger-1"
+tcp = "127.0.0.1:{}"
+poll = "50ms"
+
+[modbus.device.timestamp]
+address = 40001
+type = "u32"
+unit = "s"
+
+[[modbus.device.point]]
+metric = "level"
+address = 40003
+
+# The clock's registers as a point too, so a command can set the clock.
+[[modbus.device.point]]
+metric = "clock_s"
+address = 40001
+type = "u32"
+"#,
+        server.port
+    );
+    let config = write_config(dir.path(), &device);
+    let mut gw = GatewayProcess::spawn(&["run", "--config", config.to_str().unwrap()]);
+    let addr = gw.wait_started();
+    let grpc = gw.grpc_addr();
+    let not_believed = "fieldgate_inputs_rejected_total{source=\"modbus\",reason=\"device_time\"}";
+    let ok = "fieldgate_modbus_requests_total{outcome=\"ok\"}";
+
+    // A clock never set (zero) is not believed: the polls are stored at the gateway's time.
+    wait_metric(addr, not_believed, 1.0);
+    // Ten minutes ago: believed. Every poll after the write reads the same time, so the
+    // sample is stored once, at that time.
+    let sample_s = fieldgate_proto::Timestamp::now().as_nanos() / 1_000_000_000 - 600;
+    let sent = send_command(grpc, None, set("c-1", "logger-1", "clock_s", sample_s as f64)).unwrap();
+    assert_eq!(sent.status(), v1::DeliveryStatus::Delivered, "{sent:?}");
+    let before = metric(addr, ok).unwrap();
+    wait_metric(addr, ok, before + 10.0);
+    let rejected = metric(addr, not_believed).unwrap();
+    // An hour ahead of the gateway: not believed.
+    send_command(grpc, None, set("c-2", "logger-1", "clock_s", (sample_s + 4200) as f64)).unwrap();
+    wait_metric(addr, not_believed, rejected + 1.0);
+    gw.stop_cleanly();
+
+    let rows = fieldgate_tests::recording_rows(&dir.path().join("data"));
+    let at_sample: Vec<_> = rows.iter().filter(|r| r.2 == sample_s * 1_000_000_000).collect();
+    let mut sample: Vec<_> = at_sample.iter().map(|r| (r.1.as_str(), r.3)).collect();
+    sample.sort_by(|a, b| a.0.cmp(b.0));
+    assert_eq!(sample, vec![("clock_s", sample_s as f64), ("level", 7.0)], "one sample, stored once");
+    let future = rows.iter().filter(|r| r.1 == "clock_s" && r.3 == (sample_s + 4200) as f64);
+    assert!(future.clone().count() >= 1);
+    assert!(future.clone().all(|r| r.2 < (sample_s + 4200) * 1_000_000_000), "stored at the gateway's time");
+}
+
+#[test]
 fn on_an_rtu_line_a_silent_unit_does_not_stall_the_other() {
     let dir = tempfile::tempdir().unwrap();
     let line = SerialPair::open(dir.path());

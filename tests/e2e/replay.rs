@@ -109,7 +109,8 @@ fn recorded_modbus_values_are_served_again_and_polled_by_a_fresh_gateway() {
     let recorded = tempfile::tempdir().unwrap();
     let (mut sensors, devices) = modbus_sensors(recorded.path());
     // Only Modbus readings are recorded (the list form of `recordings`).
-    let config = write_config(recorded.path(), &format!("[store]\nrecordings = [\"modbus\"]\n\n{devices}"));
+    let store = "[store]\nwindows = [\"1s\", \"1m\"]\nallowed_lateness = \"0s\"\n";
+    let config = write_config(recorded.path(), &format!("{store}recordings = [\"modbus\"]\n\n{devices}"));
     let mut gw = GatewayProcess::spawn(&["run", "--config", config.to_str().unwrap()]);
     let http = gw.wait_started();
     // 2 devices × 10 points, at least 10 polls each.
@@ -122,11 +123,14 @@ fn recorded_modbus_values_are_served_again_and_polled_by_a_fresh_gateway() {
 
     // The fresh gateway polls the same devices at addresses field-sim replay will serve.
     let fresh = tempfile::tempdir().unwrap();
-    let mut moved = devices.clone();
-    for line in devices.lines().filter(|l| l.trim_start().starts_with("tcp = ")) {
-        moved = moved.replace(line, &format!("tcp = \"127.0.0.1:{}\"", fieldgate_tests::free_port()));
-    }
-    let config = write_config(fresh.path(), &format!("[store]\nrecordings = true\n\n{moved}"));
+    let moved = |devices: &str| {
+        let mut moved = devices.to_owned();
+        for line in devices.lines().filter(|l| l.trim_start().starts_with("tcp = ")) {
+            moved = moved.replace(line, &format!("tcp = \"127.0.0.1:{}\"", fieldgate_tests::free_port()));
+        }
+        moved
+    };
+    let config = write_config(fresh.path(), &format!("[store]\nrecordings = true\n\n{}", moved(&devices)));
     let recording = recorded.path().join("data").join("recordings");
     let (mut gw, summary) = replay_into(&config, &recording, "--speed=1", false);
     assert_eq!(summary["unsent"], serde_json::json!({}), "{summary}");
@@ -148,6 +152,42 @@ fn recorded_modbus_values_are_served_again_and_polled_by_a_fresh_gateway() {
     };
     for (device, metric, ..) in &original {
         assert_eq!(last(&replayed, device, metric), last(&original, device, metric), "{device} {metric}");
+    }
+
+    // Given a clock (`[modbus.device.timestamp]`, here at an address the devices leave
+    // free), the replay goes in lockstep with the gateway's polls: each recorded sample is
+    // served with its time until the gateway has read it all. Polled ten times faster than
+    // it was recorded, the fresh gateway stores the same readings at the same times, and so
+    // the same windows.
+    let clock = "\n[modbus.device.timestamp]\ntable = \"input_register\"\naddress = 9000\ntype = \"u64\"\n\
+                 unit = \"ns\"\norder = \"CDAB\"\n";
+    let clocked: String = devices
+        .replace("poll = \"200ms\"", "poll = \"20ms\"")
+        .split("[[modbus.device]]")
+        .enumerate()
+        .map(|(i, chunk)| if i == 0 { chunk.to_owned() } else { format!("[[modbus.device]]{chunk}{clock}") })
+        .collect();
+    assert_eq!(clocked.matches("[modbus.device.timestamp]").count(), 2, "{clocked}");
+    let exact = tempfile::tempdir().unwrap();
+    let config = write_config(exact.path(), &format!("{store}recordings = true\n\n{}", moved(&clocked)));
+    let (mut gw, summary) = replay_into(&config, &recording, "--as-fast-as-possible", false);
+    assert_eq!(summary["unsent"], serde_json::json!({}), "{summary}");
+    assert_eq!(summary["warnings"], serde_json::json!([]), "{summary}");
+    assert_eq!(summary["readings"].as_u64().unwrap() as usize, original.len(), "{summary}");
+    gw.stop_cleanly();
+    let sorted = |mut rows: Vec<(String, String, i64, f64)>| {
+        rows.sort_by(|a, b| (&a.0, &a.1, a.2).cmp(&(&b.0, &b.1, b.2)));
+        rows
+    };
+    let data = exact.path().join("data");
+    assert_eq!(sorted(fieldgate_tests::recording_rows(&data)), sorted(original));
+    let (before, after) = (rollup_stats(&recorded.path().join("data"), "1s"), rollup_stats(&data, "1s"));
+    assert!(before.len() >= 20, "{} windows", before.len());
+    assert_eq!(after.len(), before.len());
+    for (a, b) in before.iter().zip(&after) {
+        let exact = (&a.device, &a.metric, a.window_start, a.count, a.min, a.max, a.first, a.last);
+        assert_eq!(exact, (&b.device, &b.metric, b.window_start, b.count, b.min, b.max, b.first, b.last));
+        assert!((a.mean - b.mean).abs() <= 1e-9 * a.mean.abs().max(1.0), "{a:?} vs {b:?}");
     }
 }
 

@@ -233,11 +233,6 @@ fn plan<'r>(
             });
         }
     }
-    if !registers.is_empty() {
-        summary.warnings.push(
-            "Modbus carries no timestamps: the gateway stores the replayed Modbus values at its own poll times".to_owned(),
-        );
-    }
     for filter in no_time {
         summary.warnings.push(format!(
             "the mapping of `{filter}` has no timestamp field: its readings are stored at the time they arrive, not when they were recorded"
@@ -278,8 +273,14 @@ pub async fn replay(rows: &[Row], target: Target<'_>, pace: Pace) -> std::io::Re
     let recorded = |source: &str| -> std::collections::HashSet<&str> {
         rows.iter().filter(|r| r.source == source).map(|r| r.device.as_str()).collect()
     };
-    let (recorded_modbus, recorded_lora) = (recorded("modbus"), recorded("lorawan"));
-    let served = modbus::serve(target.buses, &|d| recorded_modbus.contains(d)).await?;
+    let recorded_lora = recorded("lorawan");
+    let modbus_rows: Vec<&Row> = rows.iter().filter(|r| r.source == "modbus").collect();
+    let served = modbus::serve(target.buses, &modbus_rows).await?;
+    for (device, n) in &served.unfit {
+        unsent(&mut summary, device, *n, || {
+            "a recorded metric has no point in the gateway config, or its value does not fit it".to_owned()
+        });
+    }
     let mut lora = match target.lorawan {
         Some((config, server)) => {
             lorawan::Devices::join(config, server, &|d| recorded_lora.contains(d)).await?
@@ -290,6 +291,15 @@ pub async fn replay(rows: &[Row], target: Target<'_>, pace: Pace) -> std::io::Re
         let has_lora = |d: &str| lora.as_ref().is_some_and(|l| l.contains(d));
         plan(rows, &target.mappings, &|d| served.contains(d), &has_lora, &mut summary)
     };
+    let unclocked: std::collections::BTreeSet<&str> =
+        planned.registers.iter().map(|r| r.device.as_str()).filter(|d| !served.clocked(d)).collect();
+    if !unclocked.is_empty() {
+        summary.warnings.push(format!(
+            "Modbus carries no timestamps: the gateway stores the replayed values of {} at its own poll \
+             times (a device with a `[modbus.device.timestamp]` clock is replayed exactly)",
+            unclocked.into_iter().collect::<Vec<_>>().join(", ")
+        ));
+    }
     if let (Some(first), Some((config, _))) = (planned.uplinks.first(), target.lorawan)
         && let Some(warning) = lorawan::time_warning(first.ts, Timestamp::now(), config)
     {
@@ -299,12 +309,15 @@ pub async fn replay(rows: &[Row], target: Target<'_>, pace: Pace) -> std::io::Re
         .messages
         .iter()
         .map(|m| (m.ts, Item::Mqtt(m)))
-        .chain(planned.registers.iter().map(|r| (r.ts, Item::Modbus(r))))
+        // Devices with a clock are served in lockstep with the gateway's polls, not on time.
+        .chain(
+            planned.registers.iter().filter(|r| !served.clocked(&r.device)).map(|r| (r.ts, Item::Modbus(r))),
+        )
         .chain(planned.uplinks.iter().map(|u| (u.ts, Item::Lora(u))))
         .collect();
     items.sort_by_key(|(ts, _)| *ts);
     let total: u64 = planned.messages.iter().map(|m| m.readings).sum::<u64>()
-        + planned.registers.len() as u64
+        + planned.registers.iter().filter(|r| !served.clocked(&r.device)).count() as u64
         + planned.uplinks.iter().map(|u| u.values.len() as u64).sum::<u64>();
     let broker = target.broker;
     let mut options = MqttOptions::new(
@@ -393,9 +406,21 @@ pub async fn replay(rows: &[Row], target: Target<'_>, pace: Pace) -> std::io::Re
         sent_readings += readings;
         progress.update(sent_readings, started.elapsed());
     }
-    if !planned.registers.is_empty() {
+    if planned.registers.iter().any(|r| !served.clocked(&r.device)) {
         // The gateway reads the last values at its next polls: hold them that long.
         tokio::time::sleep(served.hold).await;
+    }
+    // Devices with a clock: the gateway reads their samples at the pace of its polls.
+    let (read, never) = served.finish(served.hold).await;
+    for (device, n) in read {
+        *summary.sent.entry(device).or_default().entry("modbus".to_owned()).or_default() += n;
+        sent_readings += n;
+    }
+    for (device, n) in never {
+        let patience = served.hold;
+        unsent(&mut summary, &device, n, || {
+            format!("the gateway stopped reading the device (nothing read for {patience:?})")
+        });
     }
     if let Some(lora) = lora {
         summary.lorawan_unacknowledged = lora.finish().await;

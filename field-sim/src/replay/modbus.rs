@@ -3,55 +3,70 @@
 //! device's point definitions in the gateway config (the same encoding code the gateway
 //! decodes with, writes included).
 //!
-//! Modbus carries no timestamps: the gateway stores what it reads at its poll times. A replay
-//! at the recorded speed gives the recorded values at the gateway's poll rate; faster, the
-//! gateway sees fewer of them.
+//! Modbus itself carries no timestamps: the gateway stores what it reads at its poll times. A
+//! replay at the recorded speed gives the recorded values at the gateway's poll rate; faster,
+//! the gateway sees fewer of them. A device whose config gives it a clock
+//! (`[modbus.device.timestamp]`) is replayed exactly instead, in **lockstep**: each recorded
+//! sample (the readings of one instant) is served with its time in the clock register until
+//! the gateway has read every address of the device, and only then the next one, so the
+//! gateway stores every sample once, at its recorded time, at the pace of its polls.
 
-use fieldgate_adapters::modbus::{BusSettings, DataType, Point, Table, Transport, encode_raw};
-use std::collections::HashMap;
+use super::input::Row;
+use fieldgate_adapters::modbus::{BusSettings, DataType, DeviceClock, Point, Table, Transport, encode_raw};
+use fieldgate_proto::Timestamp;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
+use tokio::sync::Notify;
 use tokio_modbus::prelude::{ExceptionCode, Request, Response};
 use tokio_modbus::server::tcp::{Server, accept_tcp_connection};
 
-/// What one server holds. Unit ids sharing an address share the map.
+/// One device's readings of one instant.
+#[derive(Debug)]
+struct Sample {
+    ts: Timestamp,
+    values: Vec<(String, f64)>,
+}
+
+/// A device replayed in lockstep with the gateway's polls.
+#[derive(Debug)]
+struct Lockstep {
+    device: String,
+    points: Vec<Point>,
+    clock: DeviceClock,
+    /// Every address the gateway reads: each point's first and the clock's.
+    addresses: Vec<(Table, u16)>,
+    /// The addresses of the sample being served not read yet; empty when it has been read
+    /// (or before the first).
+    unread: HashSet<(Table, u16)>,
+    /// Readings in the sample being served.
+    serving: u64,
+    /// Samples waiting for the gateway to read the one before.
+    waiting: VecDeque<Sample>,
+}
+
+/// What one server holds. Unit ids sharing an address share the tables.
 #[derive(Debug, Default)]
 struct Tables {
     registers: HashMap<(bool, u16), u16>,
     bits: HashMap<(bool, u16), bool>,
+    lockstep: Vec<Lockstep>,
 }
 
-/// The replayed Modbus devices: each device's points and the tables they live in.
-#[derive(Debug, Default)]
-pub struct Devices {
-    by_device: HashMap<String, (Vec<Point>, Arc<Mutex<Tables>>)>,
-    /// How long the last values are held after the replay so the gateway reads them: two
-    /// of the slowest device's poll cycles (poll interval and timeout), and a second.
-    pub hold: Duration,
-}
-
-impl Devices {
-    pub fn contains(&self, device: &str) -> bool {
-        self.by_device.contains_key(device)
-    }
-
-    /// Put `value` of `metric` into the device's tables; false when the device has no such
-    /// point or the value does not fit it.
-    pub fn set(&self, device: &str, metric: &str, value: f64) -> bool {
-        let Some((points, tables)) = self.by_device.get(device) else { return false };
-        let Some(point) = points.iter().find(|p| p.metric.as_str() == metric) else { return false };
-        let mut tables = tables.lock().unwrap_or_else(PoisonError::into_inner);
+impl Tables {
+    /// Put `value` into the tables as `point` encodes it; false when it does not fit.
+    fn put(&mut self, point: &Point, value: f64) -> bool {
         match point.table {
             Table::Coil | Table::DiscreteInput => {
-                tables.bits.insert((point.table == Table::Coil, point.address), value != 0.0);
+                self.bits.insert((point.table == Table::Coil, point.address), value != 0.0);
                 true
             }
             Table::InputRegister | Table::HoldingRegister => {
                 let holding = point.table == Table::HoldingRegister;
                 if let DataType::Bit(bit) = point.data_type {
-                    let word = tables.registers.entry((holding, point.address)).or_default();
+                    let word = self.registers.entry((holding, point.address)).or_default();
                     let mask = 1u16 << bit;
                     *word = if value != 0.0 { *word | mask } else { *word & !mask };
                     return true;
@@ -60,9 +75,7 @@ impl Devices {
                 // encoding, value = raw × scale + offset undone.
                 match encode_raw(point.data_type, point.order, (value - point.offset) / point.scale) {
                     Ok(words) => {
-                        for (i, w) in words.into_iter().enumerate() {
-                            tables.registers.insert((holding, point.address.wrapping_add(i as u16)), w);
-                        }
+                        self.words(holding, point.address, words);
                         true
                     }
                     Err(_) => false,
@@ -70,14 +83,159 @@ impl Devices {
             }
         }
     }
+
+    fn words(&mut self, holding: bool, address: u16, words: Vec<u16>) {
+        for (i, w) in words.into_iter().enumerate() {
+            self.registers.insert((holding, address.wrapping_add(i as u16)), w);
+        }
+    }
+
+    /// Serve the next sample of every lockstep device whose current one has been read;
+    /// whether any moved on.
+    fn advance(&mut self) -> bool {
+        let mut moved = false;
+        for i in 0..self.lockstep.len() {
+            if !self.lockstep[i].unread.is_empty() {
+                continue;
+            }
+            let Some(sample) = self.lockstep[i].waiting.pop_front() else { continue };
+            let (points, clock) = (self.lockstep[i].points.clone(), self.lockstep[i].clock.clone());
+            for (metric, value) in &sample.values {
+                if let Some(point) = points.iter().find(|p| p.metric.as_str() == metric) {
+                    self.put(point, *value);
+                }
+            }
+            if let Ok(words) = clock.encode(sample.ts) {
+                self.words(clock.table == Table::HoldingRegister, clock.address, words);
+            }
+            let l = &mut self.lockstep[i];
+            l.unread = l.addresses.iter().copied().collect();
+            l.serving = sample.values.len() as u64;
+            moved = true;
+        }
+        moved
+    }
+
+    /// The gateway read `count` items of `table` from `address`.
+    fn read(&mut self, table: Table, address: u16, count: u16) -> bool {
+        let end = u32::from(address) + u32::from(count);
+        for l in &mut self.lockstep {
+            l.unread.retain(|&(t, a)| t != table || !(u32::from(address)..end).contains(&u32::from(a)));
+        }
+        self.advance()
+    }
 }
 
-/// Start a server for every Modbus TCP address of `buses` with a device in `wanted`.
-pub async fn serve(buses: &[BusSettings], wanted: &dyn Fn(&str) -> bool) -> std::io::Result<Devices> {
+/// A replayed device: its points, its clock, and its server's tables.
+#[derive(Debug)]
+struct Served {
+    points: Vec<Point>,
+    clock: Option<DeviceClock>,
+    tables: Arc<Mutex<Tables>>,
+    /// For a lockstep device: the readings of its samples.
+    loaded: u64,
+}
+
+/// The replayed Modbus devices: each device's points and the tables they live in.
+#[derive(Debug, Default)]
+pub struct Devices {
+    by_device: HashMap<String, Served>,
+    /// How long the last values are held after the replay so the gateway reads them: two
+    /// of the slowest device's poll cycles (poll interval and timeout), and a second.
+    pub hold: Duration,
+    /// Told whenever a lockstep device moves on to its next sample.
+    progress: Arc<Notify>,
+    /// Recorded readings of lockstep devices that cannot be served (no such point, or the
+    /// value does not fit it), per device.
+    pub unfit: HashMap<String, u64>,
+}
+
+impl Devices {
+    pub fn contains(&self, device: &str) -> bool {
+        self.by_device.contains_key(device)
+    }
+
+    /// Whether `device` has a clock, and so is replayed in lockstep.
+    pub fn clocked(&self, device: &str) -> bool {
+        self.by_device.get(device).is_some_and(|s| s.clock.is_some())
+    }
+
+    /// Put recorded `value` of `metric` into a device without a clock, at once. False when
+    /// the device has no such point or the value does not fit it.
+    pub fn set(&self, device: &str, metric: &str, value: f64) -> bool {
+        let Some(served) = self.by_device.get(device) else { return false };
+        let Some(point) = served.points.iter().find(|p| p.metric.as_str() == metric) else { return false };
+        served.tables.lock().unwrap_or_else(PoisonError::into_inner).put(point, value)
+    }
+
+    /// Wait until the gateway has read every sample of the lockstep devices, or has read
+    /// nothing for `patience`. The readings read, and those never read, per device.
+    pub async fn finish(&self, patience: Duration) -> (HashMap<String, u64>, HashMap<String, u64>) {
+        let pending = || {
+            let mut left: HashMap<String, u64> = HashMap::new();
+            for (device, served) in self.by_device.iter().filter(|(_, s)| s.clock.is_some()) {
+                let tables = served.tables.lock().unwrap_or_else(PoisonError::into_inner);
+                for l in tables.lockstep.iter().filter(|l| &l.device == device) {
+                    let unread = if l.unread.is_empty() { 0 } else { l.serving };
+                    let n = l.waiting.iter().map(|s| s.values.len() as u64).sum::<u64>() + unread;
+                    if n > 0 {
+                        left.insert(device.clone(), n);
+                    }
+                }
+            }
+            left
+        };
+        loop {
+            let moved = self.progress.notified();
+            if pending().is_empty() || tokio::time::timeout(patience, moved).await.is_err() {
+                break;
+            }
+        }
+        let left = pending();
+        let read = self
+            .by_device
+            .iter()
+            .filter(|(_, s)| s.clock.is_some())
+            .map(|(d, s)| (d.clone(), s.loaded - left.get(d).copied().unwrap_or(0)))
+            .collect();
+        (read, left)
+    }
+}
+
+/// A lockstep device's recorded readings as samples (one per instant, in time order); the
+/// readings that cannot be served are counted in `unfit`.
+fn samples(points: &[Point], rows: &[&Row], unfit: &mut u64) -> VecDeque<Sample> {
+    let mut out: VecDeque<Sample> = VecDeque::new();
+    for row in rows {
+        let fits = points.iter().find(|p| p.metric.as_str() == row.metric).is_some_and(|p| {
+            p.table.is_bits()
+                || matches!(p.data_type, DataType::Bit(_))
+                || encode_raw(p.data_type, p.order, (row.value - p.offset) / p.scale).is_ok()
+        });
+        if !fits {
+            *unfit += 1;
+            continue;
+        }
+        match out.back_mut() {
+            Some(sample) if sample.ts == row.ts => sample.values.push((row.metric.clone(), row.value)),
+            _ => out.push_back(Sample { ts: row.ts, values: vec![(row.metric.clone(), row.value)] }),
+        }
+    }
+    out
+}
+
+/// Start a server for every Modbus TCP address of `buses` with a device recorded in `rows`
+/// (Modbus rows, in time order). The samples of devices with a clock are loaded before their
+/// server starts, so the gateway's first read already finds the first one.
+pub async fn serve(buses: &[BusSettings], rows: &[&Row]) -> std::io::Result<Devices> {
     let mut devices = Devices::default();
+    let mut by_device: HashMap<&str, Vec<&Row>> = HashMap::new();
+    for row in rows {
+        by_device.entry(row.device.as_str()).or_default().push(row);
+    }
     for bus in buses {
         let Transport::Tcp(addr) = &bus.transport else { continue };
-        let mine: Vec<_> = bus.devices.iter().filter(|d| wanted(d.device.as_str())).collect();
+        let mine: Vec<_> = bus.devices.iter().filter(|d| by_device.contains_key(d.device.as_str())).collect();
         if mine.is_empty() {
             continue;
         }
@@ -92,11 +250,42 @@ pub async fn serve(buses: &[BusSettings], wanted: &dyn Fn(&str) -> bool) -> std:
         let tables = Arc::new(Mutex::new(Tables::default()));
         for d in mine {
             devices.hold = devices.hold.max(2 * (d.poll + d.timeout) + Duration::from_secs(1));
-            devices.by_device.insert(d.device.to_string(), (d.points.clone(), tables.clone()));
+            let mut loaded = 0;
+            if let Some(clock) = &d.clock {
+                let mut unfit = 0;
+                let waiting = samples(&d.points, &by_device[d.device.as_str()], &mut unfit);
+                if unfit > 0 {
+                    devices.unfit.insert(d.device.to_string(), unfit);
+                }
+                loaded = waiting.iter().map(|s| s.values.len() as u64).sum();
+                let addresses = d
+                    .points
+                    .iter()
+                    .map(|p| (p.table, p.address))
+                    .chain([(clock.table, clock.address)])
+                    .collect();
+                tables.lock().unwrap_or_else(PoisonError::into_inner).lockstep.push(Lockstep {
+                    device: d.device.to_string(),
+                    points: d.points.clone(),
+                    clock: clock.clone(),
+                    addresses,
+                    unread: HashSet::new(),
+                    serving: 0,
+                    waiting,
+                });
+            }
+            devices.by_device.insert(
+                d.device.to_string(),
+                Served { points: d.points.clone(), clock: d.clock.clone(), tables: tables.clone(), loaded },
+            );
         }
+        tables.lock().unwrap_or_else(PoisonError::into_inner).advance();
+        let progress = devices.progress.clone();
         tokio::spawn(async move {
             let server = Server::new(listener);
-            let new_service = move |_addr: SocketAddr| Ok(Some(Service { tables: tables.clone() }));
+            let new_service = move |_addr: SocketAddr| {
+                Ok(Some(Service { tables: tables.clone(), progress: progress.clone() }))
+            };
             let on_connected = |stream, addr| {
                 let service = new_service.clone();
                 async move { accept_tcp_connection(stream, addr, service) }
@@ -109,6 +298,7 @@ pub async fn serve(buses: &[BusSettings], wanted: &dyn Fn(&str) -> bool) -> std:
 
 struct Service {
     tables: Arc<Mutex<Tables>>,
+    progress: Arc<Notify>,
 }
 
 impl tokio_modbus::server::Service for Service {
@@ -118,7 +308,7 @@ impl tokio_modbus::server::Service for Service {
     type Future = future::Ready<Result<Response, ExceptionCode>>;
 
     fn call(&self, req: Request<'static>) -> Self::Future {
-        let tables = self.tables.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut tables = self.tables.lock().unwrap_or_else(PoisonError::into_inner);
         let words = |holding: bool, addr: u16, count: u16| -> Vec<u16> {
             (0..count)
                 .map(|i| tables.registers.get(&(holding, addr.wrapping_add(i))).copied().unwrap_or(0))
@@ -129,13 +319,28 @@ impl tokio_modbus::server::Service for Service {
                 .map(|i| tables.bits.get(&(coil, addr.wrapping_add(i))).copied().unwrap_or(false))
                 .collect()
         };
-        future::ready(match req {
-            Request::ReadHoldingRegisters(a, n) => Ok(Response::ReadHoldingRegisters(words(true, a, n))),
-            Request::ReadInputRegisters(a, n) => Ok(Response::ReadInputRegisters(words(false, a, n))),
-            Request::ReadCoils(a, n) => Ok(Response::ReadCoils(bits(true, a, n))),
-            Request::ReadDiscreteInputs(a, n) => Ok(Response::ReadDiscreteInputs(bits(false, a, n))),
+        let (answer, read) = match req {
+            Request::ReadHoldingRegisters(a, n) => {
+                (Ok(Response::ReadHoldingRegisters(words(true, a, n))), Some((Table::HoldingRegister, a, n)))
+            }
+            Request::ReadInputRegisters(a, n) => {
+                (Ok(Response::ReadInputRegisters(words(false, a, n))), Some((Table::InputRegister, a, n)))
+            }
+            Request::ReadCoils(a, n) => {
+                (Ok(Response::ReadCoils(bits(true, a, n))), Some((Table::Coil, a, n)))
+            }
+            Request::ReadDiscreteInputs(a, n) => {
+                (Ok(Response::ReadDiscreteInputs(bits(false, a, n))), Some((Table::DiscreteInput, a, n)))
+            }
             // A replayed device reports what was recorded: writes are refused.
-            _ => Err(ExceptionCode::IllegalFunction),
-        })
+            _ => (Err(ExceptionCode::IllegalFunction), None),
+        };
+        // The answer holds the sample as it was; the next sample is served after it.
+        if let Some((table, a, n)) = read
+            && tables.read(table, a, n)
+        {
+            self.progress.notify_waiters();
+        }
+        future::ready(answer)
     }
 }

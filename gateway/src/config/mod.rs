@@ -18,7 +18,8 @@ pub use secret::{Secret, SecretSpec};
 pub use units::{ByteSize, HumanDuration};
 
 use fieldgate_adapters::modbus::{
-    BusSettings, DataType, DeviceSettings, Order, Parity, Point, SerialSettings, Table, Transport,
+    BusSettings, ClockUnit, DataType, DeviceClock, DeviceSettings, Order, Parity, Point, SerialSettings,
+    Table, Transport,
 };
 use fieldgate_adapters::mqtt::{
     BrokerSettings, CommandTopic, Field, Mapping, MqttSettings, PayloadFormat, Protocol, TimestampUnit,
@@ -543,6 +544,7 @@ impl Validator {
                 points.push(point);
             }
         }
+        let clock = raw.timestamp.and_then(|c| self.modbus_clock(&format!("{path}.timestamp"), c));
         let settings = DeviceSettings {
             device: device?,
             unit: raw.unit,
@@ -551,8 +553,60 @@ impl Validator {
             retries: raw.retries,
             points,
             max_gap: raw.max_gap.unwrap_or(max_gap),
+            clock,
         };
         Some((transport?, settings))
+    }
+
+    /// A device's clock: a register point with a type and unit of its own.
+    fn modbus_clock(&mut self, path: &str, raw: raw::RawClock) -> Option<DeviceClock> {
+        let unit = ClockUnit::parse(&raw.unit);
+        if unit.is_none() {
+            self.problem(
+                &format!("{path}.unit"),
+                format!("`{}`: use \"s\", \"ms\", \"us\" or \"ns\" since the Unix epoch", raw.unit),
+            );
+        }
+        if !matches!(raw.data_type.as_str(), "u32" | "i32" | "u64" | "i64") {
+            self.problem(
+                &format!("{path}.type"),
+                format!("`{}`: a clock is an integer count: use u32, i32, u64 or i64", raw.data_type),
+            );
+            return None;
+        }
+        let max_age = self.duration(
+            &format!("{path}.max_age"),
+            raw.max_age,
+            Duration::from_secs(1),
+            Duration::from_secs(10 * 365 * 86_400),
+        );
+        let point = self.modbus_point(
+            path,
+            raw::RawPoint {
+                metric: "device_time".to_owned(),
+                table: raw.table,
+                address: raw.address,
+                data_type: Some(raw.data_type),
+                order: raw.order,
+                bit: None,
+                registers: None,
+                scale: 1.0,
+                offset: 0.0,
+                unit: None,
+            },
+        )?;
+        if point.table.is_bits() {
+            self.problem(&format!("{path}.table"), "a clock lives in input or holding registers");
+            return None;
+        }
+        Some(DeviceClock {
+            table: point.table,
+            address: point.address,
+            data_type: point.data_type,
+            order: point.order,
+            unit: unit?,
+            max_age,
+        })
     }
 
     fn modbus_point(&mut self, path: &str, raw: raw::RawPoint) -> Option<Point> {

@@ -219,6 +219,34 @@ pub(crate) struct RawModbusDevice {
     pub(crate) max_gap: Option<u16>,
     #[serde(default, rename = "point")]
     pub(crate) points: Vec<RawPoint>,
+    /// `[modbus.device.timestamp]`: the device's own clock.
+    pub(crate) timestamp: Option<RawClock>,
+}
+
+/// `[modbus.device.timestamp]`: a register holding the time the device took its values.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawClock {
+    pub(crate) table: Option<String>,
+    pub(crate) address: RawAddress,
+    #[serde(rename = "type", default = "default_clock_type")]
+    pub(crate) data_type: String,
+    #[serde(default = "default_order")]
+    pub(crate) order: String,
+    #[serde(default = "default_clock_unit")]
+    pub(crate) unit: String,
+    #[serde(default = "default_clock_age")]
+    pub(crate) max_age: HumanDuration,
+}
+
+fn default_clock_type() -> String {
+    "u32".to_owned()
+}
+fn default_clock_unit() -> String {
+    "s".to_owned()
+}
+fn default_clock_age() -> HumanDuration {
+    d(3600)
 }
 
 fn default_baud() -> u32 {

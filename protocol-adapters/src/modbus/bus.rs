@@ -19,6 +19,7 @@
 //! queue as polls, between two polls, with the same encoding as reads.
 
 use super::batch::Batcher;
+use super::clock::DeviceClock;
 use super::plan::{Read, plan};
 use super::point::{Point, Table};
 use crate::backoff::Backoff;
@@ -95,6 +96,8 @@ pub struct DeviceSettings {
     pub points: Vec<Point>,
     /// Largest hole to read through when merging requests.
     pub max_gap: u16,
+    /// The device's own clock, if it has one: its readings then carry the device's time.
+    pub clock: Option<DeviceClock>,
 }
 
 /// A bus and its devices.
@@ -167,7 +170,11 @@ pub fn exception_name(code: ExceptionCode) -> &'static str {
 
 struct Device {
     s: DeviceSettings,
+    /// The requests of a poll: every point, and the clock (planned as the point after the
+    /// last).
     reads: Vec<Read>,
+    /// The clock's time at the last poll that read it.
+    last_clock: Option<Timestamp>,
     due: Instant,
     breaker: Backoff,
     backed_off: bool,
@@ -206,7 +213,15 @@ pub async fn run(
         .devices
         .into_iter()
         .map(|d| Device {
-            reads: plan(&d.points, d.max_gap),
+            reads: plan(
+                &d.points
+                    .iter()
+                    .cloned()
+                    .chain(d.clock.as_ref().map(DeviceClock::as_point))
+                    .collect::<Vec<_>>(),
+                d.max_gap,
+            ),
+            last_clock: None,
             due: now,
             breaker: Backoff::new(d.poll.max(Duration::from_millis(100)), breaker_max),
             backed_off: false,
@@ -429,6 +444,10 @@ async fn poll_device(
     let mut readings = Vec::new();
     let mut answered = 0usize;
     let mut last_failure = None;
+    // One time for the whole poll (its first answer): the readings of a poll are one sample
+    // of the device, and line up by time when pivoted.
+    let mut answered_at = None;
+    let mut device_time = None;
     for read in &d.reads {
         let mut attempt = 0;
         let result = loop {
@@ -440,13 +459,24 @@ async fn poll_device(
                 other => break other,
             }
         };
-        let ts = Timestamp::now();
+        let ts = *answered_at.get_or_insert_with(Timestamp::now);
         match result {
             Ok(data) => {
                 metrics.modbus_request("ok");
                 answered += 1;
                 for &(p, offset) in &read.points {
-                    let point = &d.s.points[p];
+                    let Some(point) = d.s.points.get(p) else {
+                        // The clock, planned after the points.
+                        if let (Some(clock), Data::Words(words)) = (&d.s.clock, &data) {
+                            let at = usize::from(offset);
+                            device_time =
+                                Some(match words.get(at..at + usize::from(clock.data_type.width())) {
+                                    Some(w) => clock.decode(w).map_err(|e| e.to_string()),
+                                    None => Err("the answer is too short for the clock".to_owned()),
+                                });
+                        }
+                        continue;
+                    };
                     let value = match &data {
                         Data::Bits(bits) => bits.get(usize::from(offset)).map(|b| Ok(point.decode_bit(*b))),
                         Data::Words(words) => {
@@ -476,11 +506,10 @@ async fn poll_device(
                     Failure::Exception(code) => {
                         metrics.modbus_request("exception");
                         metrics.modbus_exception(exception_name(*code));
-                        readings.extend(
-                            read.points.iter().map(|&(p, _)| {
-                                reading(&d.s.device, &d.s.points[p], ts, f64::NAN, Quality::Bad)
-                            }),
-                        );
+                        readings.extend(read.points.iter().filter_map(|&(p, _)| {
+                            let point = d.s.points.get(p)?;
+                            Some(reading(&d.s.device, point, ts, f64::NAN, Quality::Bad))
+                        }));
                     }
                     Failure::Timeout => metrics.modbus_request("timeout"),
                     Failure::Error(_) => metrics.modbus_request("error"),
@@ -490,6 +519,24 @@ async fn poll_device(
         }
     }
     metrics.modbus_points.inc_by(readings.len() as u64);
+    if let Some(clock) = &d.s.clock
+        && let Some(read) = device_time
+    {
+        let now = answered_at.unwrap_or_else(Timestamp::now);
+        let believed =
+            read.and_then(|t| t.ok_or_else(|| "the device's clock reads zero (never set)".to_owned()));
+        match believed.and_then(|t| clock.check(t, now)) {
+            Ok(t) if d.last_clock == Some(t) => readings.clear(),
+            Ok(t) => {
+                d.last_clock = Some(t);
+                readings.iter_mut().for_each(|r| r.ts = t);
+            }
+            Err(why) => {
+                let why = format!("{why}; the poll is stored at the gateway's time");
+                metrics.rejected("modbus", "device_time", d.s.device.as_str(), &why);
+            }
+        }
+    }
     if !readings.is_empty() {
         batcher.add(readings).await.map_err(|e| e.to_string())?;
     }

@@ -7,6 +7,7 @@
 
 pub mod batch;
 pub mod bus;
+pub mod clock;
 pub mod plan;
 pub mod point;
 pub mod probe;
@@ -15,5 +16,6 @@ pub use batch::Batcher;
 pub use bus::{
     BusSettings, DeviceHealth, DeviceSettings, HealthBoard, Parity, SerialSettings, Transport, WriteRequest,
 };
+pub use clock::{ClockUnit, DeviceClock};
 pub use plan::{Read, plan};
 pub use point::{CodecError, DataType, Order, Point, Table, encode_raw, parse_address, raw_value};

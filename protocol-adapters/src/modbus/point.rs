@@ -151,7 +151,7 @@ impl Order {
     }
 
     /// The registers holding big-endian `bytes` (an even number) in this order.
-    fn to_words(self, bytes: &[u8]) -> Vec<u16> {
+    pub(crate) fn to_words(self, bytes: &[u8]) -> Vec<u16> {
         let mut b = bytes.to_vec();
         match self {
             Order::Abcd => {}
@@ -168,7 +168,7 @@ impl Order {
 
     /// The big-endian bytes encoded by `words` in this order (the inverse of `to_words`; each
     /// order is its own inverse).
-    fn to_bytes(self, words: &[u16]) -> Vec<u8> {
+    pub(crate) fn to_bytes(self, words: &[u16]) -> Vec<u8> {
         let raw: Vec<u8> = words.iter().flat_map(|w| w.to_be_bytes()).collect();
         let back = self.to_words(&raw);
         back.iter().flat_map(|w| w.to_be_bytes()).collect()

@@ -1,6 +1,7 @@
 //! `field-sim`: simulated farm devices that speak the real protocols to a fieldgate gateway.
 #![allow(clippy::print_stdout)]
 
+mod demo;
 mod lora_sim;
 mod modbus;
 mod sensors;
@@ -21,6 +22,27 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// fieldgate at work in one command: a gateway (embedded MQTT broker, LoRaWAN network
+    /// server, Modbus polling, the dispatcher) and the B1 harvest live against it over the real
+    /// protocols, with a live view and a summary; the gateway then keeps running for queries
+    /// until Ctrl-C.
+    Demo {
+        /// The demo's directory: the gateway's config, log and data. Cleared first if an
+        /// earlier demo made it; any other non-empty directory is refused.
+        #[arg(long, default_value = "fieldgate-demo")]
+        dir: std::path::PathBuf,
+        /// Harvest seconds per real second.
+        #[arg(long, default_value_t = 60.0)]
+        speed: f64,
+        /// How long the harvest runs, in real time.
+        #[arg(long, default_value = "3m", value_parser = humantime::parse_duration)]
+        duration: std::time::Duration,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// The dispatch policy: dispatcher, nearest_idle or stop_and_call.
+        #[arg(long, default_value = "dispatcher")]
+        policy: String,
+    },
     /// Serve simulated Modbus TCP sensors (grain bins, tanks, weather stations), one port each,
     /// with byte orders that vary by device. Prints one JSON line when every server listens
     /// (ids, addresses, orders, and the values at that moment), then serves until killed.
@@ -243,6 +265,13 @@ fn main() -> std::io::Result<()> {
                 })
             );
             Ok(())
+        }
+        Command::Demo { dir, speed, duration, seed, policy } => {
+            if !(speed.is_finite() && speed > 0.0) {
+                return Err(std::io::Error::other(format!("--speed must be a positive number, got {speed}")));
+            }
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(demo::run(demo::Options { dir, speed, duration, seed, policy }))
         }
         Command::Modbus { bins, tanks, weather, listen, speed, seed, gateway_config, poll } => {
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

@@ -66,6 +66,10 @@ pub struct Running {
     pub grpc_addr: Option<SocketAddr>,
     /// Where the LoRaWAN packet forwarders are served (UDP), when it is on.
     pub lorawan_addr: Option<SocketAddr>,
+    /// Where the embedded MQTT broker listens, when it is the one in use.
+    pub mqtt_addr: Option<SocketAddr>,
+    /// Harvest coordination's latest plan, when `[coordination]` is on.
+    pub fleet: Option<crate::coordination::FleetView>,
     health: Health,
     live: LiveState,
     sink: ReadingSink,
@@ -111,6 +115,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         http_addr,
         grpc_addr: None,
         lorawan_addr: None,
+        mqtt_addr: None,
+        fleet: None,
         health: health.clone(),
         live: live.clone(),
         sink,
@@ -208,6 +214,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
                 running.spawn("mqtt", async move {
                     broker.serve(listener, stop).await.map_err(|e| e.to_string())
                 });
+                running.mqtt_addr = Some(addr);
                 health.set("mqtt", Status::Up, format!("embedded broker listening on {addr}"));
                 tracing::info!(%addr, "mqtt broker listening");
             }
@@ -298,6 +305,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     };
     let dispatcher =
         Arc::new(Dispatcher::new(live.clone(), mqtt_commands, modbus_writes, lorawan_commands, metrics));
+    running.fleet = queries.fleet.clone();
     if let (Some(settings), Some(view)) = (config.coordination.clone(), queries.fleet.clone()) {
         let (live, commands, stop) = (live.clone(), dispatcher.clone(), shutdown.clone());
         running

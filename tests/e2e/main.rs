@@ -2,6 +2,7 @@
 //! one), one module per capability.
 #![allow(clippy::unwrap_used)]
 
+mod demo;
 mod harvest;
 mod lorawan;
 mod modbus;

@@ -7,6 +7,7 @@ mod harvest;
 mod lorawan;
 mod modbus;
 mod mqtt;
+mod package;
 mod query;
 mod replay;
 mod spine;

@@ -728,3 +728,133 @@ fn recordings_can_be_chosen_by_protocol_and_device() {
     assert_eq!(texts.len(), 1, "{texts:?}");
     assert!(texts[0].starts_with("5: store.recordings[1]:"), "{texts:?}");
 }
+
+/// What the loader makes of a bogus key `zz_probe` in the table at `path`: the keys the table
+/// accepts (serde lists them in its unknown-field error), or `None` when `path` is not a table
+/// of its own (a plain value, or a map of any keys).
+fn accepted_keys(path: &[(&str, bool)]) -> Option<Vec<String>> {
+    let mut src = String::new();
+    let mut prefix = Vec::new();
+    for (i, (name, array)) in path.iter().enumerate() {
+        prefix.push(*name);
+        let dotted = prefix.join(".");
+        if *array {
+            src.push_str(&format!("[[{dotted}]]\n"));
+        } else if i + 1 == path.len() {
+            src.push_str(&format!("[{dotted}]\n"));
+        }
+    }
+    src.push_str("zz_probe = 1\n");
+    let message = match toml::from_str::<raw::RawConfig>(&src) {
+        Ok(_) => return None,
+        Err(e) => e.message().to_owned(),
+    };
+    let listed = message.strip_prefix("unknown field `zz_probe`, expected ")?;
+    Some(listed.split('`').skip(1).step_by(2).map(str::to_owned).collect())
+}
+
+/// A table the loader accepts: its heading (`[a.b]`, `[[a.b]]` for arrays of tables), its
+/// plain keys, and its keys that take a table of their own (with that table's heading).
+struct LoaderTable {
+    heading: String,
+    plain: Vec<String>,
+    tables: Vec<(String, String)>,
+}
+
+/// Every table the loader accepts, found by probing from the top.
+fn loader_tables() -> Vec<LoaderTable> {
+    let mut out = Vec::new();
+    let mut queue: Vec<Vec<(&'static str, bool)>> = vec![Vec::new()];
+    while let Some(path) = queue.pop() {
+        let keys = if path.is_empty() {
+            // The top level: its keys are the sections.
+            let message =
+                toml::from_str::<raw::RawConfig>("zz_probe = 1\n").unwrap_err().message().to_owned();
+            message.split('`').skip(3).step_by(2).map(str::to_owned).collect()
+        } else {
+            accepted_keys(&path).expect("a table")
+        };
+        let heading = |path: &[(&str, bool)]| {
+            let name = path.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(".");
+            if path.last().is_some_and(|(_, a)| *a) { format!("[[{name}]]") } else { format!("[{name}]") }
+        };
+        let mut table = LoaderTable { heading: heading(&path), plain: Vec::new(), tables: Vec::new() };
+        for key in keys {
+            let key: &'static str = Box::leak(key.into_boxed_str());
+            let sub = [false, true].into_iter().find_map(|array| {
+                let mut sub = path.clone();
+                sub.push((key, array));
+                accepted_keys(&sub).map(|_| sub)
+            });
+            match sub {
+                Some(sub) => {
+                    table.tables.push((key.to_owned(), heading(&sub)));
+                    queue.push(sub);
+                }
+                None => table.plain.push(key.to_owned()),
+            }
+        }
+        out.push(table);
+    }
+    out
+}
+
+/// The tables docs/config.md documents: each heading like ``### `[[modbus.device]]` `` and the
+/// keys in the first column of its table.
+fn documented_tables() -> Vec<(String, Vec<String>)> {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/config.md")).unwrap();
+    let mut out: Vec<(String, Vec<String>)> = Vec::new();
+    for line in doc.lines() {
+        if line.starts_with('#') {
+            let heading = line.split('`').nth(1).filter(|h| h.starts_with('['));
+            if let Some(h) = heading {
+                out.push((h.to_owned(), Vec::new()));
+            } else if !line.starts_with("# ") {
+                // A heading of prose (e.g. "The collector"): its table documents no section.
+                out.push((String::new(), Vec::new()));
+            }
+        } else if let (Some(cell), Some((_, keys))) =
+            (line.strip_prefix("| ").and_then(|l| l.split(" |").next()), out.last_mut())
+            && cell.starts_with('`')
+        {
+            keys.extend(cell.split('`').skip(1).step_by(2).map(str::to_owned));
+        }
+    }
+    out.retain(|(h, _)| !h.is_empty());
+    for (_, keys) in &mut out {
+        keys.sort();
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn the_config_reference_documents_every_key_the_loader_accepts_and_no_other() {
+    let loader = loader_tables();
+    let documented: std::collections::BTreeMap<String, Vec<String>> =
+        documented_tables().into_iter().collect();
+    let by_heading: std::collections::BTreeMap<&str, &LoaderTable> =
+        loader.iter().map(|t| (t.heading.as_str(), t)).collect();
+    let stale: Vec<_> = documented.keys().filter(|h| !by_heading.contains_key(h.as_str())).collect();
+    assert!(stale.is_empty(), "docs/config.md documents sections the loader does not accept: {stale:?}");
+    assert!(documented.len() >= 20, "{documented:?}");
+    // Every section (the top level's tables) has a heading; a deeper table has one, or is a
+    // value of its parent's (a secret's `{ file = ... }`, an origin's `{ lat, lon }`) and
+    // documented as the parent's key.
+    let top = by_heading["[]"];
+    for (_, heading) in &top.tables {
+        assert!(documented.contains_key(heading), "docs/config.md has no section for {heading}");
+    }
+    for (heading, doc_keys) in &documented {
+        let table = by_heading[heading.as_str()];
+        let mut keys: Vec<String> = table.plain.clone();
+        keys.extend(table.tables.iter().filter(|(_, h)| !documented.contains_key(h)).map(|(k, _)| k.clone()));
+        keys.sort();
+        let stale: Vec<_> = doc_keys.iter().filter(|k| !keys.contains(k)).collect();
+        let missing: Vec<_> = keys.iter().filter(|k| !doc_keys.contains(k)).collect();
+        assert!(
+            stale.is_empty() && missing.is_empty(),
+            "{heading}: documented but not accepted {stale:?}; accepted but not documented {missing:?}"
+        );
+    }
+}

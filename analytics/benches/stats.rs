@@ -212,6 +212,14 @@ async fn main() {
         rss_before as f64 / 1024.0,
         status_kib("VmHWM") as f64 / 1024.0,
     );
+    println!(
+        "bench-result\tcompaction of that day, as the store does once a day is over\t{} part files, {:.0} MiB to {:.0} MiB in {:.1} s, {:.0} MiB more resident memory at most",
+        report.files_in,
+        report.bytes_in as f64 / (1 << 20) as f64,
+        report.bytes_out as f64 / (1 << 20) as f64,
+        t.elapsed().as_secs_f64(),
+        status_kib("VmHWM").saturating_sub(rss_before) as f64 / 1024.0,
+    );
     compare(dir.path(), &source, &questions, runs, devices, "compacted, one file").await;
     drop((reader, source));
     tokio::task::spawn_blocking(move || store.close()).await.unwrap();
@@ -286,6 +294,7 @@ async fn compare(
         "{:<36} {:>8} {:>14} {:>14} {:>14} {:>14}",
         "question", "rows", "fieldgate p50", "DuckDB p50", "fieldgate min", "DuckDB min"
     );
+    let mut figures = Vec::new();
     for (i, q) in questions.iter().enumerate() {
         let (rows, checksum, times) = &ours[i];
         let a = &theirs["answers"][i];
@@ -303,5 +312,17 @@ async fn compare(
             ms(their_times.iter().copied().fold(f64::INFINITY, f64::min)),
             if *rows as u64 == a["rows"].as_u64().unwrap() && close { "" } else { "  (answers differ!)" }
         );
+        figures.push(format!(
+            "{}: {} (DuckDB {})",
+            q.name,
+            ms(median(times.clone())).trim(),
+            ms(median(their_times)).trim()
+        ));
     }
+    // For the README's table (tests/run-benchmarks collects these lines).
+    println!(
+        "bench-result\tstats: one day of 1-minute rollups, {devices} devices × {METRICS} metrics ({layout_name}), fieldgate (polars) next to DuckDB {} over the same files, p50 of {runs}\t{}",
+        theirs["duckdb"].as_str().unwrap_or("?"),
+        figures.join("; ")
+    );
 }

@@ -17,7 +17,9 @@ use fieldgate_adapters::lorawan::codec::Codec;
 use fieldgate_adapters::lorawan::gwmp::{self, Downstream, Eui64, Rxpk};
 use fieldgate_adapters::lorawan::mac::SessionKeys;
 use fieldgate_proto::Metric;
-use fieldgate_tests::{GatewayProcess, cpu_seconds, metric, rss_mib, wait_metric, write_config};
+use fieldgate_tests::{
+    GatewayProcess, bench_result, cpu_seconds, metric, rss_mib, wait_metric, write_config,
+};
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -120,6 +122,16 @@ fn main() {
         uplinks as f64 / elapsed,
         uplinks as f64 / cpu,
         cpu / elapsed
+    );
+    bench_result(
+        &format!(
+            "LoRaWAN: {devices} ABP devices, {uplinks} uplinks (Cayenne LPP, 3 values each) from {forwarders} simulated packet forwarders over loopback UDP, {PER_DATAGRAM} per PUSH_DATA; each MIC-verified, counter saved, decrypted, decoded and stored, PUSH_ACK after the WAL"
+        ),
+        &format!(
+            "{:.0} uplinks per gateway CPU-second (target 50,000 on one core), {:.0} uplinks/s end to end, peak RSS {rss:.1} MiB",
+            uplinks as f64 / cpu,
+            uplinks as f64 / elapsed
+        ),
     );
 }
 

@@ -13,7 +13,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)] // a benchmark binary
 
 use fieldgate_tests::{
-    GatewayProcess, ModbusServer, SerialPair, bin, cpu_seconds, metric, rss_mib, wait_metric, write_config,
+    GatewayProcess, ModbusServer, SerialPair, bench_result, bin, cpu_seconds, metric, rss_mib, wait_metric,
+    write_config,
 };
 use std::io::{BufRead, Read, Write};
 use std::sync::{Arc, Mutex};
@@ -99,6 +100,25 @@ fn tcp_fleet() {
         anon.iter().copied().fold(0.0, f64::max)
     );
     println!("field-sim CPU (context):  {:>9.1} % of one core", 100.0 * (s1 - s0) / secs);
+    let cpu = 100.0 * (c1 - c0) / secs;
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let most = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+    let met = |ok: bool| if ok { "met" } else { "not met" };
+    bench_result(
+        &format!(
+            "Modbus: {devices} field-sim devices (a Modbus TCP server each, loopback) × {POINTS} registers as {POINTS} points, every second, default store, {rounds} rounds"
+        ),
+        &format!(
+            "{:.0} points/s, {:.0} requests/s, {failed} failed; gateway {cpu:.1} % of one core (target 5 %: {}); RSS {:.1} MiB mean, {:.1} MiB at a flush, of which anonymous {:.1} MiB mean (target 50 MB: {})",
+            (p1 - p0) / secs,
+            (r1 - r0) / secs,
+            met(cpu <= 5.0),
+            mean(&rss),
+            most(&rss),
+            mean(&anon),
+            met(mean(&rss) <= 50.0 * 1e6 / f64::from(1 << 20)),
+        ),
+    );
     let _ = sim.kill();
     let _ = sim.wait();
 }
@@ -178,6 +198,15 @@ fn rtu_line() {
     println!(
         "registers/s:              {got:>9.0} of {allowed:.0} the line allows ({:.0} %)",
         100.0 * got / allowed
+    );
+    bench_result(
+        &format!(
+            "Modbus RTU: one {baud} baud line through a relay that holds each byte for its time on the wire, a pymodbus unit, {REGISTERS}-register reads back to back"
+        ),
+        &format!(
+            "{got:.0} registers/s of the {allowed:.0} the line allows ({:.0} %; target 90 %)",
+            100.0 * got / allowed
+        ),
     );
     drop(gw);
     drop(server);

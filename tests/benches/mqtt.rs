@@ -11,7 +11,7 @@
 //! (`FG_BENCH_MESSAGES` sets the count per run; mosquitto must be installed, as `.ci/run` does).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)] // a benchmark binary
 
-use fieldgate_tests::{GatewayProcess, Mosquitto, rss_mib, wait_metric, write_config};
+use fieldgate_tests::{GatewayProcess, Mosquitto, bench_result, rss_mib, wait_metric, write_config};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::time::{Duration, Instant};
 
@@ -153,4 +153,22 @@ async fn main() {
     let embedded = rate(total, t0.elapsed());
     let rss_embedded = rss_mib(gw.pid(), "VmHWM:");
     println!("embedded broker -> store (durable):  {embedded:>9.0} msg/s, peak RSS {rss_embedded:.1} MiB");
+    let run = format!("{PUBLISHERS} QoS 1 publishers, {total} JSON messages, {DEVICES} devices");
+    bench_result(
+        &format!("MQTT: {run}, mosquitto to a subscriber that only acknowledges (the ceiling)"),
+        &format!("{bare:.0} msg/s"),
+    );
+    bench_result(
+        &format!(
+            "MQTT: {run}, mosquitto to fieldgate (`[mqtt.external]`, PUBACK after the WAL) into the store"
+        ),
+        &format!(
+            "{through:.0} msg/s ({:.0} % of the ceiling in the same run), peak RSS {rss_external:.1} MiB",
+            100.0 * through / bare
+        ),
+    );
+    bench_result(
+        &format!("MQTT: {run}, through the embedded broker, each PUBACK after the WAL"),
+        &format!("{embedded:.0} msg/s, peak RSS {rss_embedded:.1} MiB"),
+    );
 }

@@ -8,7 +8,7 @@
 //! (`FG_BENCH_SECONDS` sets the recorded span).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)] // a benchmark binary
 
-use fieldgate_tests::{GatewayProcess, bin, rss_mib, write_config};
+use fieldgate_tests::{GatewayProcess, bench_result, bin, rss_mib, write_config};
 use std::io::Write;
 use std::process::Command;
 
@@ -58,5 +58,15 @@ fn main() {
         summary["seconds"].as_f64().unwrap(),
         summary["readings_per_s"].as_f64().unwrap(),
         summary["messages"].as_f64().unwrap() / summary["seconds"].as_f64().unwrap(),
+    );
+    bench_result(
+        &format!(
+            "replay: a JSON-lines recording of {readings} readings replayed `--as-fast-as-possible` into the embedded broker, one reading set per message, each acknowledged after the WAL"
+        ),
+        &format!(
+            "{:.0} readings/s ({:.0} messages/s; target 100,000 readings/s), gateway peak RSS {rss:.1} MiB",
+            summary["readings_per_s"].as_f64().unwrap(),
+            summary["messages"].as_f64().unwrap() / summary["seconds"].as_f64().unwrap(),
+        ),
     );
 }

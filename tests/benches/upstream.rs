@@ -15,7 +15,7 @@ use fieldgate::upstream::{UpstreamMetrics, UpstreamSettings};
 use fieldgate_proto::{DeviceId, Metric};
 use fieldgate_store::Outbox;
 use fieldgate_store::window::Rollup;
-use fieldgate_tests::GatewayProcess;
+use fieldgate_tests::{GatewayProcess, bench_result};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -214,6 +214,17 @@ async fn main() {
         if gzip { "gzip" } else { "no compression" },
         wire as f64 / (1 << 20) as f64,
         metrics_.connects.get().saturating_sub(1),
+    );
+    bench_result(
+        &format!(
+            "upstream: a backlog of {rows} rows of 1-minute rollups drained by the forwarder into a `fieldgate collector` over loopback ({})",
+            if gzip { "gzip" } else { "no compression" }
+        ),
+        &format!(
+            "{:.0} rows/s (target 100,000), {:.1} bytes/row on the wire (target 20)",
+            rows as f64 / elapsed,
+            wire as f64 / rows as f64
+        ),
     );
     collector.stop_cleanly();
 }

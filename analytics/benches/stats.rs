@@ -203,22 +203,22 @@ async fn main() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
     let t = Instant::now();
     let report = tokio::task::block_in_place(|| store.compact_now()).unwrap();
-    println!(
-        "\ncompaction: {} part files, {:.0} MiB -> {:.0} MiB in {:.1} s; process RSS {:.0} MiB before, peak {:.0} MiB during",
+    let done = format!(
+        "{} part files, {:.0} MiB to {:.0} MiB in {:.1} s",
         report.files_in,
         report.bytes_in as f64 / (1 << 20) as f64,
         report.bytes_out as f64 / (1 << 20) as f64,
         t.elapsed().as_secs_f64(),
+    );
+    let peak = status_kib("VmHWM");
+    println!(
+        "\ncompaction: {done}; process RSS {:.0} MiB before, peak {:.0} MiB during",
         rss_before as f64 / 1024.0,
-        status_kib("VmHWM") as f64 / 1024.0,
+        peak as f64 / 1024.0
     );
     println!(
-        "bench-result\tcompaction of that day, as the store does once a day is over\t{} part files, {:.0} MiB to {:.0} MiB in {:.1} s, {:.0} MiB more resident memory at most",
-        report.files_in,
-        report.bytes_in as f64 / (1 << 20) as f64,
-        report.bytes_out as f64 / (1 << 20) as f64,
-        t.elapsed().as_secs_f64(),
-        status_kib("VmHWM").saturating_sub(rss_before) as f64 / 1024.0,
+        "bench-result\tcompaction of that day, as the store does once a day is over\t{done}, {:.0} MiB more resident memory at most",
+        peak.saturating_sub(rss_before) as f64 / 1024.0,
     );
     compare(dir.path(), &source, &questions, runs, devices, "compacted, one file").await;
     drop((reader, source));

@@ -171,7 +171,8 @@ pub async fn run(
     // virtual second, so 256 is far more than arrive in between.
     let (commands, mut inbox) = tokio::sync::mpsc::channel::<Result<(String, Task, Option<String>), ()>>(256);
     let (connected_tx, connected) = tokio::sync::oneshot::channel::<()>();
-    let listener = tokio::spawn(async move {
+    // Aborted when the run ends or is dropped (the demo drops it at Ctrl-C).
+    let listener = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
         let mut connected_tx = Some(connected_tx);
         let mut backoff = Duration::from_millis(100);
         loop {
@@ -195,7 +196,7 @@ pub async fn run(
                 }
             }
         }
-    });
+    }));
     connected.await.map_err(|_| std::io::Error::other("the MQTT connection ended before subscribing"))?;
 
     let mut scales = match lorawan {
@@ -267,7 +268,7 @@ pub async fn run(
         tick += 1;
     }
     let _ = client.disconnect().await;
-    listener.abort();
+    drop(listener);
     let mut score = score::measure(&world, cart_instructions as usize);
     score.bound_ratio = score::bound_ratio(&scenario, seed, score.tonnes_per_hour);
     eprintln!(

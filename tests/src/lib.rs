@@ -915,6 +915,7 @@ pub fn free_udp_port() -> u16 {
 /// A benchmark's figure for the README's performance table: one tab-separated
 /// `bench-result` line (what was measured, the figure), which `tests/run-benchmarks` collects
 /// with the command that printed it.
+#[allow(clippy::print_stdout)] // a benchmark's figures go to its standard output
 pub fn bench_result(what: &str, figure: &str) {
     println!("bench-result\t{what}\t{figure}");
 }

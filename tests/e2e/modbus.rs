@@ -376,6 +376,8 @@ type = "u32"
     // An hour ahead of the gateway: not believed.
     send_command(grpc, None, set("c-2", "logger-1", "clock_s", (sample_s + 4200) as f64)).unwrap();
     wait_metric(addr, not_believed, rejected + 1.0);
+    // Those readings reached the store (and so the recordings), at the gateway's time.
+    wait_latest(addr, "logger-1", "clock_s", (sample_s + 4200) as f64);
     gw.stop_cleanly();
 
     let rows = fieldgate_tests::recording_rows(&dir.path().join("data"));

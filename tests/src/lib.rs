@@ -122,6 +122,13 @@ impl GatewayProcess {
         e["http_addr"].as_str().unwrap().parse().unwrap()
     }
 
+    /// The HTTP address from `gateway started` (after [`GatewayProcess::wait_started`]).
+    pub fn http_addr(&mut self) -> SocketAddr {
+        let e = self.seen.iter().rev().find(|e| e["message"] == "gateway started").cloned();
+        let e = e.unwrap_or_else(|| self.wait_for("gateway started"));
+        e["http_addr"].as_str().unwrap().parse().unwrap()
+    }
+
     /// The gRPC address from `gateway started` (after [`GatewayProcess::wait_started`]).
     pub fn grpc_addr(&mut self) -> SocketAddr {
         let e = self.seen.iter().rev().find(|e| e["message"] == "gateway started").cloned();

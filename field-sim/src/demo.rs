@@ -56,8 +56,10 @@ struct Counters {
 }
 
 /// Run the demo to its summary, then keep the gateway up for queries until Ctrl-C.
-pub(crate) async fn run(opts: Options) -> io::Result<()> {
+pub(crate) async fn run(mut opts: Options) -> io::Result<()> {
     prepare(&opts.dir)?;
+    // Absolute, so the paths and the DuckDB line in the summary work from anywhere.
+    opts.dir = std::fs::canonicalize(&opts.dir)?;
     let scenario = Scenario::load("b1").map_err(io::Error::other)?;
     let log = std::fs::File::create(opts.dir.join("gateway.log"))?;
     let _ = tracing_subscriber::fmt()

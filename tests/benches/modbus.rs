@@ -106,7 +106,12 @@ fn tcp_fleet() {
     let met = |ok: bool| if ok { "met" } else { "not met" };
     bench_result(
         &format!(
-            "Modbus: {devices} field-sim devices (a Modbus TCP server each, loopback) × {POINTS} registers as {POINTS} points, every second, default store, {rounds} rounds"
+            "Modbus: {devices} field-sim devices (a Modbus TCP server each, loopback) × {POINTS} registers as {POINTS} points, every second, {}, {rounds} rounds",
+            if store.is_empty() {
+                "default store".to_owned()
+            } else {
+                format!("store `{}`", store.replace('\n', "; "))
+            }
         ),
         &format!(
             "{:.0} points/s, {:.0} requests/s, {failed} failed; gateway {cpu:.1} % of one core (target 5 %: {}); RSS {:.1} MiB mean, {:.1} MiB at a flush, of which anonymous {:.1} MiB mean (target 50 MB: {})",

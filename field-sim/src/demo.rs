@@ -9,11 +9,9 @@
 //! cleanly at any point.
 
 use crate::modbus::{self, Clock};
-use crate::sensors::{Kind, Sensor};
 use field_sim::harvest::scenario::Scenario;
 use field_sim::harvest::score;
 use field_sim::harvest::world::World;
-use fieldgate_adapters::modbus::Order;
 use fieldgate_proto::Timestamp;
 use std::collections::HashMap;
 use std::io::{self, IsTerminal, Write};
@@ -74,12 +72,9 @@ pub(crate) async fn run(mut opts: Options) -> io::Result<()> {
     // The farm's Modbus sensors, each on a loopback port of its own.
     let clock = Clock::new(opts.speed);
     let mut sensors = Vec::new();
-    for (i, (kind, order)) in [(Kind::Bin, Order::Abcd), (Kind::Weather, Order::Cdab)].into_iter().enumerate()
-    {
+    for device in modbus::harvest_devices(opts.seed) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let sensor = Sensor::new(format!("{}-0001", kind.name()), kind, opts.seed.wrapping_add(i as u64));
-        let device = Arc::new(modbus::Device::new(sensor, order));
         tokio::spawn(modbus::serve(listener, device.clone(), clock));
         sensors.push((device, addr));
     }
@@ -113,10 +108,7 @@ pub(crate) async fn run(mut opts: Options) -> io::Result<()> {
     let bin = sensors[0].0.clone();
     let mut last_measured = f64::NEG_INFINITY;
     let mut observe = |world: &World| {
-        // The bin fills with what the trucks deliver (500 t fill it).
-        let tonnes = world.delivered_kg / 1000.0;
-        bin.set("tonnes", tonnes);
-        bin.set("level_pct", tonnes / 500.0 * 100.0);
+        bin.fill_bin(world.delivered_kg);
         if world.t_s - last_measured >= 30.0 {
             last_measured = world.t_s;
             let s = score::measure(world, 0);

@@ -237,12 +237,10 @@ fn main() -> std::io::Result<()> {
                     tokio::spawn(modbus::serve(listener, device.clone(), clock));
                 }
                 let bin = sensors.first().map(|(d, _)| d.clone());
-                // The bin starts the harvest empty; 500 t fill it.
+                // The bin starts the harvest empty and fills with the deliveries.
                 let mut observe = |world: &field_sim::harvest::world::World| {
                     if let Some(bin) = &bin {
-                        let tonnes = world.delivered_kg / 1000.0;
-                        bin.set("tonnes", tonnes);
-                        bin.set("level_pct", tonnes / 500.0 * 100.0);
+                        bin.fill_bin(world.delivered_kg);
                     }
                 };
                 field_sim::harvest::live::run(scenario, mqtt, lorawan, speed, seed, limit, &mut observe).await
@@ -401,20 +399,16 @@ fn score(
     Ok(())
 }
 
-/// The harvest's farm sensors served over Modbus TCP: a grain bin at `addr` and a weather
-/// station at the next port.
+/// The harvest's farm sensors served over Modbus TCP: the grain bin at `addr` and the
+/// weather station at the next port.
 fn harvest_sensors(
     addr: std::net::SocketAddr,
     seed: u64,
 ) -> Vec<(Arc<modbus::Device>, std::net::SocketAddr)> {
-    [(Kind::Bin, Order::Abcd), (Kind::Weather, Order::Cdab)]
+    modbus::harvest_devices(seed)
         .into_iter()
         .enumerate()
-        .map(|(i, (kind, order))| {
-            let sensor = Sensor::new(format!("{}-0001", kind.name()), kind, seed.wrapping_add(i as u64));
-            let at = std::net::SocketAddr::new(addr.ip(), addr.port() + i as u16);
-            (Arc::new(modbus::Device::new(sensor, order)), at)
-        })
+        .map(|(i, d)| (d, std::net::SocketAddr::new(addr.ip(), addr.port() + i as u16)))
         .collect()
 }
 

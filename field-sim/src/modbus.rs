@@ -6,7 +6,7 @@
 //! side of the same code the gateway decodes with; the independent check of that codec is
 //! the pymodbus test suite.
 
-use crate::sensors::{METRICS, Sensor};
+use crate::sensors::{Kind, METRICS, Sensor};
 use fieldgate_adapters::modbus::{DataType, Order, encode_raw};
 use std::future;
 use std::net::SocketAddr;
@@ -51,6 +51,14 @@ pub(crate) struct Device {
 impl Device {
     pub(crate) fn new(sensor: Sensor, order: Order) -> Self {
         Device { sensor, order, setpoint: Mutex::new([0, 0]), set: Mutex::new([None; METRICS]) }
+    }
+
+    /// A grain bin holding what the trucks delivered: `tonnes`, and `level_pct` of the 500 t
+    /// it holds when full.
+    pub(crate) fn fill_bin(&self, delivered_kg: f64) {
+        let tonnes = delivered_kg / 1000.0;
+        self.set("tonnes", tonnes);
+        self.set("level_pct", tonnes / 500.0 * 100.0);
     }
 
     /// Serve `value` for the metric named `metric` from now on.
@@ -128,6 +136,19 @@ pub(crate) async fn serve(listener: TcpListener, device: Arc<Device>, clock: Clo
         async move { accept_tcp_connection(stream, addr, service) }
     };
     server.serve(&on_connected, |_e| {}).await
+}
+
+/// The harvest's farm sensors: the grain bin the trucks fill (first) and a weather station,
+/// in different byte orders.
+pub(crate) fn harvest_devices(seed: u64) -> Vec<Arc<Device>> {
+    [(Kind::Bin, Order::Abcd), (Kind::Weather, Order::Cdab)]
+        .into_iter()
+        .enumerate()
+        .map(|(i, (kind, order))| {
+            let sensor = Sensor::new(format!("{}-0001", kind.name()), kind, seed.wrapping_add(i as u64));
+            Arc::new(Device::new(sensor, order))
+        })
+        .collect()
 }
 
 /// The gateway config for `devices` served at `addrs`, polled every `poll`.

@@ -270,15 +270,15 @@ enum Item<'p> {
 /// Replay `rows` into `target`.
 pub async fn replay(rows: &[Row], target: Target<'_>, pace: Pace) -> std::io::Result<Summary> {
     let mut summary = Summary::default();
-    let recorded = |source: &str| -> std::collections::HashSet<&str> {
-        rows.iter().filter(|r| r.source == source).map(|r| r.device.as_str()).collect()
-    };
-    let recorded_lora = recorded("lorawan");
+    let recorded_lora: std::collections::HashSet<&str> =
+        rows.iter().filter(|r| r.source == "lorawan").map(|r| r.device.as_str()).collect();
     let modbus_rows: Vec<&Row> = rows.iter().filter(|r| r.source == "modbus").collect();
     let served = modbus::serve(target.buses, &modbus_rows).await?;
     for (device, n) in &served.unfit {
         unsent(&mut summary, device, *n, || {
-            "a recorded metric has no point in the gateway config, or its value does not fit it".to_owned()
+            "a recorded metric has no point in the gateway config, its value does not fit it, or its time does \
+             not fit the device's clock"
+                .to_owned()
         });
     }
     let mut lora = match target.lorawan {
@@ -291,8 +291,11 @@ pub async fn replay(rows: &[Row], target: Target<'_>, pace: Pace) -> std::io::Re
         let has_lora = |d: &str| lora.as_ref().is_some_and(|l| l.contains(d));
         plan(rows, &target.mappings, &|d| served.contains(d), &has_lora, &mut summary)
     };
-    let unclocked: std::collections::BTreeSet<&str> =
-        planned.registers.iter().map(|r| r.device.as_str()).filter(|d| !served.clocked(d)).collect();
+    // Modbus devices with a clock are served in lockstep with the gateway's polls; the others
+    // have their values set on time, as the rest is sent.
+    let scheduled: Vec<&Row> =
+        planned.registers.iter().copied().filter(|r| !served.clocked(&r.device)).collect();
+    let unclocked: std::collections::BTreeSet<&str> = scheduled.iter().map(|r| r.device.as_str()).collect();
     if !unclocked.is_empty() {
         summary.warnings.push(format!(
             "Modbus carries no timestamps: the gateway stores the replayed values of {} at its own poll \
@@ -309,15 +312,12 @@ pub async fn replay(rows: &[Row], target: Target<'_>, pace: Pace) -> std::io::Re
         .messages
         .iter()
         .map(|m| (m.ts, Item::Mqtt(m)))
-        // Devices with a clock are served in lockstep with the gateway's polls, not on time.
-        .chain(
-            planned.registers.iter().filter(|r| !served.clocked(&r.device)).map(|r| (r.ts, Item::Modbus(r))),
-        )
+        .chain(scheduled.iter().map(|r| (r.ts, Item::Modbus(r))))
         .chain(planned.uplinks.iter().map(|u| (u.ts, Item::Lora(u))))
         .collect();
     items.sort_by_key(|(ts, _)| *ts);
     let total: u64 = planned.messages.iter().map(|m| m.readings).sum::<u64>()
-        + planned.registers.iter().filter(|r| !served.clocked(&r.device)).count() as u64
+        + scheduled.len() as u64
         + planned.uplinks.iter().map(|u| u.values.len() as u64).sum::<u64>();
     let broker = target.broker;
     let mut options = MqttOptions::new(
@@ -406,7 +406,7 @@ pub async fn replay(rows: &[Row], target: Target<'_>, pace: Pace) -> std::io::Re
         sent_readings += readings;
         progress.update(sent_readings, started.elapsed());
     }
-    if planned.registers.iter().any(|r| !served.clocked(&r.device)) {
+    if !scheduled.is_empty() {
         // The gateway reads the last values at its next polls: hold them that long.
         tokio::time::sleep(served.hold).await;
     }

@@ -50,12 +50,25 @@ struct Lockstep {
 /// What one server holds. Unit ids sharing an address share the tables.
 #[derive(Debug, Default)]
 struct Tables {
-    registers: HashMap<(bool, u16), u16>,
-    bits: HashMap<(bool, u16), bool>,
+    cells: Cells,
     lockstep: Vec<Lockstep>,
 }
 
-impl Tables {
+/// The registers and bits a server answers with; unset ones read as zero.
+#[derive(Debug, Default)]
+struct Cells {
+    registers: HashMap<(bool, u16), u16>,
+    bits: HashMap<(bool, u16), bool>,
+}
+
+/// Whether recorded `value` can be served through `point` (see [`Cells::put`]).
+fn fits(point: &Point, value: f64) -> bool {
+    point.table.is_bits()
+        || matches!(point.data_type, DataType::Bit(_))
+        || encode_raw(point.data_type, point.order, (value - point.offset) / point.scale).is_ok()
+}
+
+impl Cells {
     /// Put `value` into the tables as `point` encodes it; false when it does not fit.
     fn put(&mut self, point: &Point, value: f64) -> bool {
         match point.table {
@@ -89,26 +102,24 @@ impl Tables {
             self.registers.insert((holding, address.wrapping_add(i as u16)), w);
         }
     }
+}
 
+impl Tables {
     /// Serve the next sample of every lockstep device whose current one has been read;
-    /// whether any moved on.
+    /// whether any moved on. Samples were checked to fit when loaded ([`samples`]).
     fn advance(&mut self) -> bool {
         let mut moved = false;
-        for i in 0..self.lockstep.len() {
-            if !self.lockstep[i].unread.is_empty() {
-                continue;
-            }
-            let Some(sample) = self.lockstep[i].waiting.pop_front() else { continue };
-            let (points, clock) = (self.lockstep[i].points.clone(), self.lockstep[i].clock.clone());
+        for l in self.lockstep.iter_mut().filter(|l| l.unread.is_empty()) {
+            let Some(sample) = l.waiting.pop_front() else { continue };
             for (metric, value) in &sample.values {
-                if let Some(point) = points.iter().find(|p| p.metric.as_str() == metric) {
-                    self.put(point, *value);
+                if let Some(point) = l.points.iter().find(|p| p.metric.as_str() == metric) {
+                    self.cells.put(point, *value);
                 }
             }
-            if let Ok(words) = clock.encode(sample.ts) {
-                self.words(clock.table == Table::HoldingRegister, clock.address, words);
+            if let Ok(words) = l.clock.encode(sample.ts) {
+                let clock = &l.clock.point;
+                self.cells.words(clock.table == Table::HoldingRegister, clock.address, words);
             }
-            let l = &mut self.lockstep[i];
             l.unread = l.addresses.iter().copied().collect();
             l.serving = sample.values.len() as u64;
             moved = true;
@@ -145,8 +156,8 @@ pub struct Devices {
     pub hold: Duration,
     /// Told whenever a lockstep device moves on to its next sample.
     progress: Arc<Notify>,
-    /// Recorded readings of lockstep devices that cannot be served (no such point, or the
-    /// value does not fit it), per device.
+    /// Recorded readings of lockstep devices that cannot be served (no such point, a value
+    /// that does not fit it, or a time the device's clock cannot hold), per device.
     pub unfit: HashMap<String, u64>,
 }
 
@@ -165,7 +176,7 @@ impl Devices {
     pub fn set(&self, device: &str, metric: &str, value: f64) -> bool {
         let Some(served) = self.by_device.get(device) else { return false };
         let Some(point) = served.points.iter().find(|p| p.metric.as_str() == metric) else { return false };
-        served.tables.lock().unwrap_or_else(PoisonError::into_inner).put(point, value)
+        served.tables.lock().unwrap_or_else(PoisonError::into_inner).cells.put(point, value)
     }
 
     /// Wait until the gateway has read every sample of the lockstep devices, or has read
@@ -204,15 +215,13 @@ impl Devices {
 
 /// A lockstep device's recorded readings as samples (one per instant, in time order); the
 /// readings that cannot be served are counted in `unfit`.
-fn samples(points: &[Point], rows: &[&Row], unfit: &mut u64) -> VecDeque<Sample> {
+fn samples(points: &[Point], clock: &DeviceClock, rows: &[&Row], unfit: &mut u64) -> VecDeque<Sample> {
     let mut out: VecDeque<Sample> = VecDeque::new();
     for row in rows {
-        let fits = points.iter().find(|p| p.metric.as_str() == row.metric).is_some_and(|p| {
-            p.table.is_bits()
-                || matches!(p.data_type, DataType::Bit(_))
-                || encode_raw(p.data_type, p.order, (row.value - p.offset) / p.scale).is_ok()
-        });
-        if !fits {
+        let servable =
+            points.iter().find(|p| p.metric.as_str() == row.metric).is_some_and(|p| fits(p, row.value))
+                && clock.encode(row.ts).is_ok();
+        if !servable {
             *unfit += 1;
             continue;
         }
@@ -253,7 +262,7 @@ pub async fn serve(buses: &[BusSettings], rows: &[&Row]) -> std::io::Result<Devi
             let mut loaded = 0;
             if let Some(clock) = &d.clock {
                 let mut unfit = 0;
-                let waiting = samples(&d.points, &by_device[d.device.as_str()], &mut unfit);
+                let waiting = samples(&d.points, clock, &by_device[d.device.as_str()], &mut unfit);
                 if unfit > 0 {
                     devices.unfit.insert(d.device.to_string(), unfit);
                 }
@@ -262,7 +271,7 @@ pub async fn serve(buses: &[BusSettings], rows: &[&Row]) -> std::io::Result<Devi
                     .points
                     .iter()
                     .map(|p| (p.table, p.address))
-                    .chain([(clock.table, clock.address)])
+                    .chain([(clock.point.table, clock.point.address)])
                     .collect();
                 tables.lock().unwrap_or_else(PoisonError::into_inner).lockstep.push(Lockstep {
                     device: d.device.to_string(),
@@ -311,12 +320,12 @@ impl tokio_modbus::server::Service for Service {
         let mut tables = self.tables.lock().unwrap_or_else(PoisonError::into_inner);
         let words = |holding: bool, addr: u16, count: u16| -> Vec<u16> {
             (0..count)
-                .map(|i| tables.registers.get(&(holding, addr.wrapping_add(i))).copied().unwrap_or(0))
+                .map(|i| tables.cells.registers.get(&(holding, addr.wrapping_add(i))).copied().unwrap_or(0))
                 .collect()
         };
         let bits = |coil: bool, addr: u16, count: u16| -> Vec<bool> {
             (0..count)
-                .map(|i| tables.bits.get(&(coil, addr.wrapping_add(i))).copied().unwrap_or(false))
+                .map(|i| tables.cells.bits.get(&(coil, addr.wrapping_add(i))).copied().unwrap_or(false))
                 .collect()
         };
         let (answer, read) = match req {

@@ -599,14 +599,7 @@ impl Validator {
             self.problem(&format!("{path}.table"), "a clock lives in input or holding registers");
             return None;
         }
-        Some(DeviceClock {
-            table: point.table,
-            address: point.address,
-            data_type: point.data_type,
-            order: point.order,
-            unit: unit?,
-            max_age,
-        })
+        Some(DeviceClock { point, unit: unit?, max_age })
     }
 
     fn modbus_point(&mut self, path: &str, raw: raw::RawPoint) -> Option<Point> {

@@ -214,11 +214,7 @@ pub async fn run(
         .into_iter()
         .map(|d| Device {
             reads: plan(
-                &d.points
-                    .iter()
-                    .cloned()
-                    .chain(d.clock.as_ref().map(DeviceClock::as_point))
-                    .collect::<Vec<_>>(),
+                &d.points.iter().chain(d.clock.as_ref().map(|c| &c.point)).cloned().collect::<Vec<_>>(),
                 d.max_gap,
             ),
             last_clock: None,
@@ -467,14 +463,7 @@ async fn poll_device(
                 for &(p, offset) in &read.points {
                     let Some(point) = d.s.points.get(p) else {
                         // The clock, planned after the points.
-                        if let (Some(clock), Data::Words(words)) = (&d.s.clock, &data) {
-                            let at = usize::from(offset);
-                            device_time =
-                                Some(match words.get(at..at + usize::from(clock.data_type.width())) {
-                                    Some(w) => clock.decode(w).map_err(|e| e.to_string()),
-                                    None => Err("the answer is too short for the clock".to_owned()),
-                                });
-                        }
+                        device_time = d.s.clock.as_ref().map(|c| read_clock(c, &data, offset));
                         continue;
                     };
                     let value = match &data {
@@ -568,6 +557,18 @@ async fn poll_device(
     // the next one at once, without a burst to catch up the missed ones.
     d.due = (started + d.s.poll).max(now);
     Ok(())
+}
+
+/// The time in a device's clock registers at `offset` of an answer.
+fn read_clock(clock: &DeviceClock, data: &Data, offset: u16) -> Result<Option<Timestamp>, String> {
+    let at = usize::from(offset);
+    match data {
+        Data::Words(words) => match words.get(at..at + usize::from(clock.point.width())) {
+            Some(w) => clock.decode(w).map_err(|e| e.to_string()),
+            None => Err("the answer is too short for the clock".to_owned()),
+        },
+        _ => Err("the clock's request gave no registers".to_owned()),
+    }
 }
 
 fn reading(device: &DeviceId, p: &Point, ts: Timestamp, value: f64, quality: Quality) -> Reading {

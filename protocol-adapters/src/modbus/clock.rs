@@ -8,8 +8,8 @@
 //! unreadable, zero (a clock never set), older than `max_age` or more than [`AHEAD`] ahead of
 //! the gateway's clock is not believed: the poll is stored at the gateway's time instead.
 
-use super::point::{CodecError, DataType, Order, Point, Table};
-use fieldgate_proto::{Metric, Timestamp};
+use super::point::{CodecError, DataType, Point};
+use fieldgate_proto::Timestamp;
 use std::time::Duration;
 
 /// How far a device's clock may be ahead of the gateway's and still be believed.
@@ -48,41 +48,24 @@ impl ClockUnit {
 /// Where a device keeps its clock and how it counts.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeviceClock {
-    /// An input or holding register.
-    pub table: Table,
-    pub address: u16,
-    /// `U32`, `I32`, `U64` or `I64`.
-    pub data_type: DataType,
-    pub order: Order,
+    /// Its registers, planned and read like a point's (input or holding registers; type
+    /// `U32`, `I32`, `U64` or `I64`; scale and offset unused). Its metric is never stored.
+    pub point: Point,
     pub unit: ClockUnit,
     /// Older than this by the gateway's clock, the device's time is not believed.
     pub max_age: Duration,
 }
 
 impl DeviceClock {
-    /// The clock as a point, for read planning (its metric is never stored).
-    pub fn as_point(&self) -> Point {
-        Point {
-            metric: Metric::new("device_time").expect("a valid metric"),
-            table: self.table,
-            address: self.address,
-            data_type: self.data_type,
-            order: self.order,
-            scale: 1.0,
-            offset: 0.0,
-            unit: None,
-        }
-    }
-
     /// The time in the clock's registers (exactly its width of them); `None` for zero, a
     /// negative count, or one beyond the nanosecond range.
     pub fn decode(&self, words: &[u16]) -> Result<Option<Timestamp>, CodecError> {
-        let width = usize::from(self.data_type.width());
+        let width = usize::from(self.point.width());
         if words.len() != width {
             return Err(CodecError::Length { expected: width, got: words.len() });
         }
-        let b = self.order.to_bytes(words);
-        let count: i128 = match self.data_type {
+        let b = self.point.order.to_bytes(words);
+        let count: i128 = match self.point.data_type {
             DataType::U32 => u32::from_be_bytes([b[0], b[1], b[2], b[3]]).into(),
             DataType::I32 => i32::from_be_bytes([b[0], b[1], b[2], b[3]]).into(),
             DataType::U64 => u64::from_be_bytes(b[..8].try_into().expect("8 bytes")).into(),
@@ -96,15 +79,16 @@ impl DeviceClock {
     /// The registers that make the clock read `at` (truncated to its unit): for simulators.
     pub fn encode(&self, at: Timestamp) -> Result<Vec<u16>, CodecError> {
         let count = i128::from(at.as_nanos()) / self.unit.nanos();
-        let out_of_range = || CodecError::OutOfRange { value: count as f64, ty: self.data_type.name() };
-        let bytes = match self.data_type {
+        let ty = self.point.data_type;
+        let out_of_range = || CodecError::OutOfRange { value: count as f64, ty: ty.name() };
+        let bytes = match ty {
             DataType::U32 => u32::try_from(count).map_err(|_| out_of_range())?.to_be_bytes().to_vec(),
             DataType::I32 => i32::try_from(count).map_err(|_| out_of_range())?.to_be_bytes().to_vec(),
             DataType::U64 => u64::try_from(count).map_err(|_| out_of_range())?.to_be_bytes().to_vec(),
             DataType::I64 => i64::try_from(count).map_err(|_| out_of_range())?.to_be_bytes().to_vec(),
             _ => return Err(out_of_range()),
         };
-        Ok(self.order.to_words(&bytes))
+        Ok(self.point.order.to_words(&bytes))
     }
 
     /// Whether the device's time `at` is believable when the gateway's clock says `now`.
@@ -128,16 +112,20 @@ impl DeviceClock {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::modbus::point::{Order, Table};
 
     fn clock(data_type: DataType, order: Order, unit: ClockUnit) -> DeviceClock {
-        DeviceClock {
+        let point = Point {
+            metric: fieldgate_proto::Metric::new("device_time").unwrap(),
             table: Table::InputRegister,
             address: 100,
             data_type,
             order,
-            unit,
-            max_age: Duration::from_secs(3600),
-        }
+            scale: 1.0,
+            offset: 0.0,
+            unit: None,
+        };
+        DeviceClock { point, unit, max_age: Duration::from_secs(3600) }
     }
 
     #[test]

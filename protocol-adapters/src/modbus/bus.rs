@@ -20,18 +20,20 @@
 
 use super::batch::Batcher;
 use super::clock::DeviceClock;
+use super::mbap::TcpClient;
 use super::plan::{Read, plan};
 use super::point::{Point, Table};
 use crate::backoff::Backoff;
 use crate::metrics::AdapterMetrics;
 use fieldgate_proto::{CommandError, DeviceId, Quality, Reading, Source, Timestamp};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
-use tokio_modbus::client::{Client, Context, Reader, Writer};
+use tokio_modbus::client::{Client, Context};
 use tokio_modbus::prelude::SlaveContext;
-use tokio_modbus::{ExceptionCode, Slave};
+use tokio_modbus::{ExceptionCode, Request, Response, Slave};
 use tokio_util::sync::CancellationToken;
 
 /// How the bus reaches its devices.
@@ -190,6 +192,66 @@ pub(crate) enum Op<'a> {
     WriteRegisters(u16, &'a [u16]),
 }
 
+impl Op<'_> {
+    fn request(&self) -> Request<'_> {
+        match *self {
+            Op::Read(read) => {
+                let (a, n) = (read.address, read.count);
+                match read.table {
+                    Table::Coil => Request::ReadCoils(a, n),
+                    Table::DiscreteInput => Request::ReadDiscreteInputs(a, n),
+                    Table::InputRegister => Request::ReadInputRegisters(a, n),
+                    Table::HoldingRegister => Request::ReadHoldingRegisters(a, n),
+                }
+            }
+            Op::WriteCoil(a, on) => Request::WriteSingleCoil(a, on),
+            Op::WriteRegisters(a, [word]) => Request::WriteSingleRegister(a, *word),
+            Op::WriteRegisters(a, words) => Request::WriteMultipleRegisters(a, Cow::Borrowed(words)),
+        }
+    }
+
+    /// What `response` (of this request's function) gave: an answer with fewer values than
+    /// asked for, or a write echoed back with other values, is an error, never a short read.
+    fn data(&self, response: Response) -> Result<Data, String> {
+        match (*self, response) {
+            (Op::Read(read), Response::ReadCoils(mut bits) | Response::ReadDiscreteInputs(mut bits)) => {
+                // Bits come packed eight to a byte: the last byte's spare bits are padding.
+                if bits.len() < usize::from(read.count) {
+                    return Err(format!("answered {} bits of the {} asked for", bits.len(), read.count));
+                }
+                bits.truncate(usize::from(read.count));
+                Ok(Data::Bits(bits))
+            }
+            (Op::Read(read), Response::ReadInputRegisters(words) | Response::ReadHoldingRegisters(words)) => {
+                if words.len() != usize::from(read.count) {
+                    return Err(format!(
+                        "answered {} registers of the {} asked for",
+                        words.len(),
+                        read.count
+                    ));
+                }
+                Ok(Data::Words(words))
+            }
+            (Op::WriteCoil(a, on), Response::WriteSingleCoil(echo_a, echo_on))
+                if (a, on) == (echo_a, echo_on) =>
+            {
+                Ok(Data::Written)
+            }
+            (Op::WriteRegisters(a, [word]), Response::WriteSingleRegister(echo_a, echo_word))
+                if (a, *word) == (echo_a, echo_word) =>
+            {
+                Ok(Data::Written)
+            }
+            (Op::WriteRegisters(a, words), Response::WriteMultipleRegisters(echo_a, echo_n))
+                if (a, words.len()) == (echo_a, usize::from(echo_n)) =>
+            {
+                Ok(Data::Written)
+            }
+            (_, other) => Err(format!("the answer does not match the request: {other:?}")),
+        }
+    }
+}
+
 /// What a request gave: values by the table kind, or a confirmed write.
 pub(crate) enum Data {
     Bits(Vec<bool>),
@@ -313,10 +375,36 @@ pub async fn run(
     Ok(())
 }
 
+/// An open connection: Modbus TCP with the gateway's own lean framing ([`super::mbap`]), RTU
+/// through tokio-modbus's client.
+enum Conn {
+    Tcp(TcpClient),
+    Rtu(Context),
+}
+
+impl Conn {
+    async fn call(&mut self, unit: u8, request: Request<'_>) -> tokio_modbus::Result<Response> {
+        match self {
+            Conn::Tcp(c) => c.call(unit, &request).await,
+            Conn::Rtu(ctx) => {
+                ctx.set_slave(Slave(unit));
+                ctx.call(request).await
+            }
+        }
+    }
+
+    async fn disconnect(&mut self) -> std::io::Result<()> {
+        match self {
+            Conn::Tcp(c) => c.disconnect().await,
+            Conn::Rtu(ctx) => ctx.disconnect().await,
+        }
+    }
+}
+
 /// The connection of a bus, opened on demand and dropped after a timeout or an error.
 pub(crate) struct Link {
     transport: Transport,
-    ctx: Option<Context>,
+    ctx: Option<Conn>,
     /// When the last frame ended (for the serial silence).
     last_frame: Option<Instant>,
     gap: Duration,
@@ -340,13 +428,13 @@ impl Link {
                 .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
                 let _ = stream.set_nodelay(true);
                 match self.transport {
-                    Transport::Tcp(_) => tokio_modbus::client::tcp::attach_slave(stream, slave),
-                    _ => tokio_modbus::client::rtu::attach_slave(stream, slave),
+                    Transport::Tcp(_) => Conn::Tcp(TcpClient::new(stream)),
+                    _ => Conn::Rtu(tokio_modbus::client::rtu::attach_slave(stream, slave)),
                 }
             }
             Transport::Rtu(s) => {
                 let port = open_serial(s)?;
-                tokio_modbus::client::rtu::attach_slave(port, slave)
+                Conn::Rtu(tokio_modbus::client::rtu::attach_slave(port, slave))
             }
         };
         self.ctx = Some(ctx);
@@ -358,38 +446,11 @@ impl Link {
         if let Some(last) = self.last_frame {
             tokio::time::sleep_until(last + self.gap).await;
         }
-        let Some(ctx) = self.ctx.as_mut() else { return Err(Failure::Error("not connected".into())) };
-        ctx.set_slave(Slave(unit));
-        let outcome = tokio::time::timeout(timeout, async {
-            match op {
-                Op::Read(read) => {
-                    let (a, n) = (read.address, read.count);
-                    match read.table {
-                        Table::Coil => ctx.read_coils(a, n).await.map(|r| r.map(Data::Bits)),
-                        Table::DiscreteInput => {
-                            ctx.read_discrete_inputs(a, n).await.map(|r| r.map(Data::Bits))
-                        }
-                        Table::InputRegister => {
-                            ctx.read_input_registers(a, n).await.map(|r| r.map(Data::Words))
-                        }
-                        Table::HoldingRegister => {
-                            ctx.read_holding_registers(a, n).await.map(|r| r.map(Data::Words))
-                        }
-                    }
-                }
-                Op::WriteCoil(a, on) => ctx.write_single_coil(a, on).await.map(|r| r.map(|()| Data::Written)),
-                Op::WriteRegisters(a, [word]) => {
-                    ctx.write_single_register(a, *word).await.map(|r| r.map(|()| Data::Written))
-                }
-                Op::WriteRegisters(a, words) => {
-                    ctx.write_multiple_registers(a, words).await.map(|r| r.map(|()| Data::Written))
-                }
-            }
-        })
-        .await;
+        let Some(conn) = self.ctx.as_mut() else { return Err(Failure::Error("not connected".into())) };
+        let outcome = tokio::time::timeout(timeout, conn.call(unit, op.request())).await;
         self.last_frame = Some(Instant::now());
         match outcome {
-            Ok(Ok(Ok(data))) => Ok(data),
+            Ok(Ok(Ok(response))) => op.data(response).map_err(Failure::Error),
             Ok(Ok(Err(code))) => Err(Failure::Exception(code)),
             Ok(Err(e)) => {
                 self.ctx = None;

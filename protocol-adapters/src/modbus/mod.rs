@@ -8,6 +8,7 @@
 pub mod batch;
 pub mod bus;
 pub mod clock;
+mod mbap;
 pub mod plan;
 pub mod point;
 pub mod probe;

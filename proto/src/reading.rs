@@ -36,6 +36,15 @@ impl Source {
         matches!(self, Source::Mqtt)
     }
 
+    /// Whether each series of the protocol reaches the store in timestamp order, so its
+    /// windows need not wait for stragglers. Modbus readings are made by the gateway, one poll
+    /// of a device after the other, each stamped once (by the gateway's clock or the
+    /// device's). MQTT messages of one device may be reordered (QoS 1 redelivery, several
+    /// publishers), and LoRaWAN frames may arrive late (a forwarder that buffered them).
+    pub const fn in_order(self) -> bool {
+        matches!(self, Source::Modbus)
+    }
+
     /// The lowercase name used in config, metrics labels and Parquet.
     pub const fn as_str(self) -> &'static str {
         match self {

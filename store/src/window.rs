@@ -9,6 +9,11 @@
 //! - **Event time, per series.** A window closes when the series' own newest timestamp passes
 //!   the window's end plus the allowed lateness. A device whose clock is off by ten minutes
 //!   only delays its own windows; it never makes another device's readings late.
+//! - **No waiting for what comes in order.** Sources whose series arrive in timestamp order
+//!   ([`fieldgate_proto::Source::in_order`]: Modbus) get no allowed lateness: a window closes
+//!   at the first reading past its end. Waiting would keep four 10 s windows open per series
+//!   under the default 30 s, and a Modbus site has tens of thousands of series. A reading
+//!   older than its series' newest (a device clock set back) is then late, and counted.
 //! - **Late** readings (their window already closed) are counted per window size and not
 //!   aggregated; they still reach the recordings. Never silently dropped.
 //! - **Idle close.** A series that receives nothing for `idle_close` (by arrival time) has its
@@ -246,8 +251,9 @@ impl Windows {
                 continue;
             }
             let i = self.series_index(&r.device, &r.metric);
-            let (sizes, lateness) = (&self.sizes, self.lateness);
-            let s = &mut self.series[i];
+            let lateness = if r.source.in_order() { 0 } else { self.lateness };
+            let Windows { sizes, series, closed, finest, .. } = self;
+            let s = &mut series[i];
             s.last_arrival = s.last_arrival.max(received);
             let late = |k: usize, s: &Series| {
                 let end = (ts - ts.rem_euclid(sizes[k])).saturating_add(sizes[k]);
@@ -256,13 +262,19 @@ impl Windows {
             if sizes.is_empty() {
                 continue;
             }
-            if late(self.finest, s) {
+            if late(*finest, s) {
                 out.late.iter_mut().for_each(|l| *l += 1);
                 continue;
             }
             if r.source.may_redeliver() && !s.remember(ts) {
                 out.duplicate += 1;
                 continue;
+            }
+            // Close what this reading closes before opening its windows: a series that comes in
+            // order then holds one open window per size, and its vectors never grow past one.
+            if ts > s.max_ts {
+                s.max_ts = ts;
+                close(s, sizes, *finest, closed, |end, max_ts| end.saturating_add(lateness) <= max_ts);
             }
             let mut aggregated = false;
             for (k, &size) in sizes.iter().enumerate() {
@@ -285,33 +297,8 @@ impl Windows {
                 }
             }
             out.aggregated += u64::from(aggregated);
-            if ts > s.max_ts {
-                s.max_ts = ts;
-                self.close_series(i, |end, max_ts, lateness| end.saturating_add(lateness) <= max_ts);
-            }
         }
         out
-    }
-
-    /// Close the windows of series `i` for which `due(end, max_ts, lateness)` holds.
-    fn close_series(&mut self, i: usize, due: impl Fn(i64, i64, i64) -> bool) {
-        let s = &mut self.series[i];
-        for (k, per) in s.sizes.iter_mut().enumerate() {
-            let size = self.sizes[k];
-            let n = per
-                .open
-                .iter()
-                .take_while(|a| due(a.start.saturating_add(size), s.max_ts, self.lateness))
-                .count();
-            for a in per.open.drain(..n) {
-                per.closed_until = per.closed_until.max(a.start.saturating_add(size));
-                self.closed[k].push(rollup(&s.device, &s.metric, size, &a));
-            }
-        }
-        if let Some(per) = s.sizes.get(self.finest) {
-            let until = per.open.first().map_or(per.closed_until, |a| a.start);
-            s.forget_before(until);
-        }
     }
 
     /// The wall clock moved to `now`: close the windows of series idle since `now - idle_close`.
@@ -319,7 +306,7 @@ impl Windows {
         let cutoff = now.as_nanos().saturating_sub(self.idle);
         for i in 0..self.series.len() {
             if self.series[i].last_arrival <= cutoff && self.series[i].has_open() {
-                self.close_series(i, |_, _, _| true);
+                close(&mut self.series[i], &self.sizes, self.finest, &mut self.closed, |_, _| true);
             }
         }
     }
@@ -384,6 +371,28 @@ impl Windows {
     /// Number of series (device, metric pairs) seen.
     pub fn series_count(&self) -> usize {
         self.series.len()
+    }
+}
+
+/// Close the windows of series `s` for which `due(end, max_ts)` holds, into `closed`.
+fn close(
+    s: &mut Series,
+    sizes: &[i64],
+    finest: usize,
+    closed: &mut [Vec<Rollup>],
+    due: impl Fn(i64, i64) -> bool,
+) {
+    for (k, per) in s.sizes.iter_mut().enumerate() {
+        let size = sizes[k];
+        let n = per.open.iter().take_while(|a| due(a.start.saturating_add(size), s.max_ts)).count();
+        for a in per.open.drain(..n) {
+            per.closed_until = per.closed_until.max(a.start.saturating_add(size));
+            closed[k].push(rollup(&s.device, &s.metric, size, &a));
+        }
+    }
+    if let Some(per) = s.sizes.get(finest) {
+        let until = per.open.first().map_or(per.closed_until, |a| a.start);
+        s.forget_before(until);
     }
 }
 

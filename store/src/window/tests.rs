@@ -75,6 +75,24 @@ fn late_readings_are_counted_per_window_size() {
 }
 
 #[test]
+fn series_that_come_in_order_do_not_wait_for_stragglers() {
+    let mut w = Windows::new(&settings());
+    let modbus =
+        |ts_s: f64, value: f64| Reading { source: Source::Modbus, ..r("bin-1", "level", ts_s, value) };
+    w.apply(at(0), &[modbus(1.0, 1.0), modbus(9.0, 2.0), r("tank-1", "level", 1.0, 1.0)]);
+    // The first Modbus reading past 10 s closes [0, 10) at once; the MQTT series, with the
+    // same timestamps, waits its 5 s of lateness.
+    w.apply(at(0), &[modbus(10.0, 3.0), r("tank-1", "level", 10.0, 1.0)]);
+    let closed = w.take_closed();
+    assert_eq!(closed[0].len(), 1);
+    assert_eq!((closed[0][0].device.as_str(), closed[0][0].count), ("bin-1", 2));
+    assert_eq!(w.open_count(), 5, "bin-1: [10, 20) and [0, 60); tank-1: [0, 10), [10, 20) and [0, 60)");
+    // Anything older than the newest is late for a Modbus series, and counted.
+    let out = w.apply(at(0), &[modbus(9.5, 4.0)]);
+    assert_eq!(out.late, vec![1, 1]);
+}
+
+#[test]
 fn a_skewed_clock_delays_only_its_own_series() {
     let mut w = Windows::new(&settings());
     // "fast" runs 30 min ahead; "ok" keeps its windows regardless.

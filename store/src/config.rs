@@ -31,7 +31,8 @@ pub struct StoreConfig {
     pub flush_interval: Duration,
     /// A checkpoint is also taken when this many rows (rollups plus recordings) wait.
     pub flush_rows: usize,
-    /// Rows per Parquet row group: arrow-rs buffers a whole row group in memory.
+    /// Rows per Parquet row group: arrow-rs buffers a whole row group in memory. Also the
+    /// most closed windows kept waiting for a flush: that many start one.
     pub row_group_rows: usize,
     /// Which raw readings are also kept in `recordings/`.
     pub recordings: Recordings,

@@ -207,7 +207,11 @@ impl Writer {
             if maintain {
                 self.tick_if_due();
             }
-            let due = tokio::time::Instant::now() >= flush_at || self.waiting_rows() >= self.cfg.flush_rows;
+            // A row group's worth of closed windows is flushed at once: they wait in memory
+            // (112 bytes each), and a site of 20,000 series closes 140,000 a minute.
+            let due = tokio::time::Instant::now() >= flush_at
+                || self.waiting_rows() >= self.cfg.flush_rows
+                || self.windows.closed_len() >= self.cfg.row_group_rows;
             if !in_flight && due && self.has_news() {
                 in_flight = self.send_flush();
                 // A checkpoint that could not be staged is tried again after the write backoff,

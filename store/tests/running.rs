@@ -171,6 +171,36 @@ fn reading(device: &str, metric: &str, ts: i64, value: f64) -> Reading {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_group_of_closed_windows_is_flushed_without_waiting_for_the_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.outbox = None;
+    cfg.flush_interval = Duration::from_secs(3600);
+    cfg.flush_rows = 1 << 20;
+    cfg.row_group_rows = 100;
+    let store = open(cfg).await;
+    let mut checkpointed = store.checkpointed();
+    let before = *checkpointed.borrow_and_update();
+    let sink = store.sink();
+    // 60 series, a reading every 10 s: the second closes 60 windows of 10 s, the third 60 more,
+    // past the row group of 100.
+    for step in 0..3i64 {
+        let batch = (0..60).map(|d| reading(&format!("bin-{d}"), "level", T0 + step * 10 * S, 1.0)).collect();
+        sink.submit(batch, Timestamp::now()).await.unwrap().await.unwrap();
+    }
+    // A guard, not a wait for time to pass: the flush comes at once, or the test fails.
+    tokio::time::timeout(Duration::from_secs(60), checkpointed.wait_for(|&seq| seq > before))
+        .await
+        .expect("flushed long before the hour")
+        .unwrap();
+    let parts = fieldgate_store::layout::parts(&fieldgate_store::layout::rollup_dir(dir.path(), 10 * S));
+    assert_eq!(parts.len(), 1, "{parts:?}");
+    assert_eq!(file_rows(&parts[0].0).len(), 120);
+    drop(sink);
+    tokio::task::spawn_blocking(move || store.close()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finished_days_are_compacted_into_one_sorted_file_each() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path();

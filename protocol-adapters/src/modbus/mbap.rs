@@ -290,33 +290,27 @@ mod tests {
         assert_eq!(got, Err(ExceptionCode::IllegalDataAddress));
     }
 
+    /// A good answer to the one-register read `r`, with byte `at` set to `to`.
+    fn patched(r: &[u8], at: usize, to: u8) -> Vec<u8> {
+        let mut a = reply(r, &[0x03, 0x02, 0x00, 0x01]);
+        a[at] = to;
+        a
+    }
+
+    /// What a one-register read from unit 9 gives when the device answers with `answer`.
+    async fn failure(answer: fn(&[u8]) -> Vec<u8>) -> tokio_modbus::Error {
+        let mut c = device(answer, 260).await;
+        c.call(9, &Request::ReadHoldingRegisters(0, 1)).await.unwrap_err()
+    }
+
     #[tokio::test]
     async fn an_answer_out_of_step_is_an_error() {
         // Another transaction's answer (a late one), another unit's, another function's.
-        let mut c = device(
-            |r| {
-                let mut a = reply(r, &[0x03, 0x02, 0x00, 0x01]);
-                a[1] ^= 1;
-                a
-            },
-            260,
-        )
-        .await;
-        let e = c.call(9, &Request::ReadHoldingRegisters(0, 1)).await.unwrap_err();
+        let e = failure(|r| patched(r, 1, 1)).await;
         assert!(e.to_string().contains("the answer is for transaction 1 of unit 9"), "{e}");
-        let mut c = device(
-            |r| {
-                let mut a = reply(r, &[0x03, 0x02, 0x00, 0x01]);
-                a[6] = 10;
-                a
-            },
-            260,
-        )
-        .await;
-        let e = c.call(9, &Request::ReadHoldingRegisters(0, 1)).await.unwrap_err();
+        let e = failure(|r| patched(r, 6, 10)).await;
         assert!(e.to_string().contains("of unit 10"), "{e}");
-        let mut c = device(|r| reply(r, &[0x04, 0x02, 0x00, 0x01]), 260).await;
-        let e = c.call(9, &Request::ReadHoldingRegisters(0, 1)).await.unwrap_err();
+        let e = failure(|r| patched(r, 7, 0x04)).await;
         assert!(
             matches!(e, tokio_modbus::Error::Protocol(ProtocolError::FunctionCodeMismatch { .. })),
             "{e}"
@@ -325,23 +319,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_malformed_header_or_a_closed_connection_is_an_error() {
-        let mut c = device(
-            |r| {
-                let mut a = reply(r, &[0x03, 0x02, 0x00, 0x01]);
-                a[3] = 1;
-                a
-            },
-            260,
-        )
-        .await;
-        let e = c.call(9, &Request::ReadHoldingRegisters(0, 1)).await.unwrap_err();
+        let e = failure(|r| patched(r, 3, 1)).await;
         assert!(e.to_string().contains("protocol identifier is 1"), "{e}");
-        let mut c = device(|r| [&r[..4], &[0, 0, 9][..]].concat(), 260).await;
-        let e = c.call(9, &Request::ReadHoldingRegisters(0, 1)).await.unwrap_err();
+        let e = failure(|r| [&r[..4], &[0, 0, 9][..]].concat()).await;
         assert!(e.to_string().contains("announces 0 bytes"), "{e}");
         // Half a header, then the device hangs up.
-        let mut c = device(|r| r[..3].to_vec(), 260).await;
-        let e = c.call(9, &Request::ReadHoldingRegisters(0, 1)).await.unwrap_err();
+        let e = failure(|r| r[..3].to_vec()).await;
         assert!(
             matches!(&e, tokio_modbus::Error::Transport(io) if io.kind() == io::ErrorKind::UnexpectedEof),
             "{e}"
